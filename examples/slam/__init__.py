@@ -1,0 +1,1 @@
+"""Collaborative multi-robot SLAM exploration: the pure simulation part."""

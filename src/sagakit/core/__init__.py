@@ -1,0 +1,1 @@
+"""The pure core: saga definitions and the state machine. Standard library only."""

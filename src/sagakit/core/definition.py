@@ -1,0 +1,261 @@
+"""Saga definitions: ordered stages of steps, validated when they are defined.
+
+A definition is data. Each element of `Saga.steps` is a *stage*: a single `Step`, or a
+`Parallel` group whose steps run concurrently (the next stage waits for all of them). A step
+with `for_each` fans out at run time into one instance per item of a list found in the saga's
+data (the saga input or an earlier step's output), like a Step Functions Map state.
+
+Step kinds follow Garcia-Molina & Salem and Richardson: *compensatable* steps can be undone
+by their compensation; the *pivot* is the go/no-go step (once it succeeds the saga runs to
+completion); *retriable* steps come after the pivot, are never compensated and are retried
+until they succeed.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from .errors import DefinitionError
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+"""Step, group and saga names: lower-case identifiers (they appear in Celery task ids)."""
+
+
+class StepKind(StrEnum):
+    """What a step means for the saga's ability to roll back."""
+
+    COMPENSATABLE = "compensatable"
+    PIVOT = "pivot"
+    RETRIABLE = "retriable"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When and how often a failed attempt is tried again."""
+
+    max_attempts: int | None = 3
+    """Attempts in all, the first included; None retries until success."""
+    initial_interval: float = 1.0
+    """Seconds before the second attempt."""
+    backoff: float = 2.0
+    """Multiplier applied to the interval after each attempt."""
+    max_interval: float = 60.0
+    """Upper bound of the interval, in seconds."""
+    jitter: float = 0.2
+    """Fraction of the interval added or removed at random (deterministic per attempt)."""
+    non_retryable: tuple[str, ...] = ()
+    """Exception class names that fail the step at once (NonRetryableError always does)."""
+
+    def allows(self, attempts_used: int) -> bool:
+        """Tell whether another attempt may follow `attempts_used` attempts."""
+        return self.max_attempts is None or attempts_used < self.max_attempts
+
+    def delay(self, attempt: int, key: str) -> float:
+        """Seconds to wait before attempt `attempt + 1`, jittered by a hash of `key`."""
+        base = min(self.initial_interval * self.backoff ** (attempt - 1), self.max_interval)
+        spread = (zlib.crc32(f"{key}:{attempt}".encode()) % 2001 - 1000) / 1000.0
+        return max(0.0, base * (1.0 + self.jitter * spread))
+
+    def validate(self, where: str) -> str | None:
+        """Return a problem description, or None when the policy is sound."""
+        if self.max_attempts is not None and self.max_attempts < 1:
+            return f"{where}.max_attempts must be at least 1 (or None for unbounded)"
+        if self.initial_interval < 0 or self.max_interval < 0:
+            return f"{where} intervals must not be negative"
+        if self.backoff < 1:
+            return f"{where}.backoff must be at least 1"
+        if not 0 <= self.jitter <= 1:
+            return f"{where}.jitter must be between 0 and 1"
+        return None
+
+
+DEFAULT_COMPENSATION_RETRY = RetryPolicy(max_attempts=5, initial_interval=1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One local transaction of a saga, run as a named Celery task on its service's queue.
+
+    Actions and compensations are delivered at least once: both must be idempotent on
+    `(saga_id, step)` (see `sagakit.idempotency`).
+    """
+
+    name: str
+    action: str
+    """Celery task name of the forward work, e.g. ``robots.allocate``."""
+    compensation: str | None = None
+    """Celery task name that undoes the action; required for compensatable steps."""
+    queue: str = "celery"
+    """Queue of the service that runs the action and the compensation."""
+    kind: StepKind = StepKind.COMPENSATABLE
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY
+    timeout: float | None = 300.0
+    """Seconds an attempt may run before it counts as timed out (and may have taken effect)."""
+    for_each: str | None = None
+    """Fan out over a list: ``input.<key>`` or ``<earlier step>.<key>``."""
+
+    @property
+    def effective_retry(self) -> RetryPolicy:
+        """The retry policy in force: retriable steps are retried until they succeed."""
+        if self.kind is StepKind.RETRIABLE and self.retry.max_attempts is not None:
+            return RetryPolicy(
+                max_attempts=None,
+                initial_interval=self.retry.initial_interval,
+                backoff=self.retry.backoff,
+                max_interval=self.retry.max_interval,
+                jitter=self.retry.jitter,
+                non_retryable=self.retry.non_retryable,
+            )
+        return self.retry
+
+
+@dataclass(frozen=True, slots=True)
+class Parallel:
+    """A stage whose steps run concurrently; the saga moves on when all have succeeded."""
+
+    name: str
+    steps: tuple[Step, ...]
+
+    def __init__(self, name: str, steps: Sequence[Step]) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "steps", tuple(steps))
+
+
+Stage = Step | Parallel
+
+
+@dataclass(frozen=True, slots=True)
+class Saga:
+    """A named, versioned saga definition: an ordered list of stages."""
+
+    name: str
+    steps: tuple[Stage, ...]
+    version: int = 1
+    timeout: float | None = None
+    """Seconds from start after which an unfinished saga is cancelled (before its pivot)."""
+    description: str = ""
+
+    def __init__(
+        self,
+        name: str,
+        steps: Sequence[Stage],
+        *,
+        version: int = 1,
+        timeout: float | None = None,
+        description: str = "",
+    ) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "steps", tuple(steps))
+        object.__setattr__(self, "version", version)
+        object.__setattr__(self, "timeout", timeout)
+        object.__setattr__(self, "description", description)
+        _validate(self)
+
+    def stage_steps(self, stage: int) -> tuple[Step, ...]:
+        """Return the steps of stage number `stage`."""
+        element = self.steps[stage]
+        return element.steps if isinstance(element, Parallel) else (element,)
+
+    def all_steps(self) -> Iterator[Step]:
+        """Yield every step in definition order."""
+        for stage in range(len(self.steps)):
+            yield from self.stage_steps(stage)
+
+    def step(self, name: str) -> Step:
+        """Return the step named `name` (an instance name like ``explore[2]`` works too)."""
+        base = name.split("[", 1)[0]
+        for step in self.all_steps():
+            if step.name == base:
+                return step
+        raise KeyError(name)
+
+    def position(self, name: str) -> int:
+        """Return the 1-based position of a step in definition order (used in task ids)."""
+        base = name.split("[", 1)[0]
+        for index, step in enumerate(self.all_steps(), start=1):
+            if step.name == base:
+                return index
+        raise KeyError(name)
+
+    @property
+    def queues(self) -> frozenset[str]:
+        """Every queue a step of this saga uses."""
+        return frozenset(step.queue for step in self.all_steps())
+
+
+def _validate(saga: Saga) -> None:
+    problem = _find_problem(saga)
+    if problem is not None:
+        raise DefinitionError(saga.name, problem)
+
+
+def _find_problem(saga: Saga) -> str | None:  # noqa: C901 - one flat list of rules
+    if not NAME_PATTERN.match(saga.name):
+        return f"name {saga.name!r} must match {NAME_PATTERN.pattern}"
+    if saga.version < 1:
+        return "version must be at least 1"
+    if saga.timeout is not None and saga.timeout <= 0:
+        return "timeout must be positive"
+    if not saga.steps:
+        return "a saga needs at least one step"
+    seen: set[str] = set()
+    phase = StepKind.COMPENSATABLE
+    for index, element in enumerate(saga.steps):
+        if not isinstance(element, Step | Parallel):
+            return f"stage {index} is {type(element).__name__}, not a Step or Parallel"
+        if isinstance(element, Parallel):
+            if not element.steps:
+                return f"parallel group {element.name!r} is empty"
+            if element.name in seen or not NAME_PATTERN.match(element.name):
+                return f"group name {element.name!r} is duplicated or malformed"
+            seen.add(element.name)
+        for step in saga.stage_steps(index):
+            problem = _step_problem(step, seen, isinstance(element, Parallel))
+            if problem is not None:
+                return problem
+            seen.add(step.name)
+            if step.kind is StepKind.COMPENSATABLE and phase is not StepKind.COMPENSATABLE:
+                return f"compensatable step {step.name!r} comes after the pivot"
+            if step.kind is StepKind.PIVOT and phase is not StepKind.COMPENSATABLE:
+                return f"pivot step {step.name!r} comes after another pivot or retriable step"
+            if step.kind is not StepKind.COMPENSATABLE:
+                phase = step.kind
+    return None
+
+
+def _step_problem(step: Step, seen: set[str], in_group: bool) -> str | None:  # noqa: C901
+    if not isinstance(step, Step):
+        return f"{step!r} is not a Step"
+    if not NAME_PATTERN.match(step.name):
+        return f"step name {step.name!r} must match {NAME_PATTERN.pattern}"
+    if step.name in seen:
+        return f"step name {step.name!r} is used twice"
+    if not step.action:
+        return f"step {step.name!r} has no action task name"
+    if not step.queue:
+        return f"step {step.name!r} has an empty queue name"
+    if step.kind is StepKind.COMPENSATABLE and not step.compensation:
+        return f"compensatable step {step.name!r} has no compensation"
+    if step.kind is not StepKind.COMPENSATABLE and step.compensation:
+        return f"{step.kind} step {step.name!r} cannot have a compensation (it is never undone)"
+    if step.kind is StepKind.PIVOT and (in_group or step.for_each):
+        return f"pivot step {step.name!r} must be a single step, not a group or fan-out"
+    if step.timeout is not None and step.timeout <= 0:
+        return f"step {step.name!r} timeout must be positive"
+    if step.for_each is not None:
+        source, _, key = step.for_each.partition(".")
+        if not key or (source != "input" and source not in seen):
+            return (
+                f"step {step.name!r} for_each={step.for_each!r} must be 'input.<key>' "
+                "or '<earlier step>.<key>'"
+            )
+    for where, policy in (("retry", step.retry), ("compensation_retry", step.compensation_retry)):
+        problem = policy.validate(f"step {step.name!r} {where}")
+        if problem is not None:
+            return problem
+    return None

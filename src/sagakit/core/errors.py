@@ -1,0 +1,71 @@
+"""Errors raised by sagakit.
+
+* SagaError                - base class for every error raised by sagakit
+  x DefinitionError        - a Saga or Step is malformed (raised when it is defined)
+  x SagaNotFound           - no saga with that id
+  x UnknownSagaType        - no saga definition registered under that name
+  x InvalidTransition      - an operation the saga's status does not allow
+  x InvalidInput           - input rejected at the boundary (which field, why)
+* NonRetryableError        - raised by step code: fail now, skip remaining attempts
+"""
+
+from __future__ import annotations
+
+
+class SagaError(Exception):
+    """Base class for every error raised by sagakit."""
+
+
+class DefinitionError(SagaError):
+    """A saga definition is malformed."""
+
+    def __init__(self, saga: str, problem: str) -> None:
+        super().__init__(f"saga {saga!r}: {problem}")
+        self.saga = saga
+        self.problem = problem
+
+
+class SagaNotFound(SagaError):
+    """No saga with the given id exists."""
+
+    def __init__(self, saga_id: str) -> None:
+        super().__init__(f"no saga with id {saga_id!r}")
+        self.saga_id = saga_id
+
+
+class UnknownSagaType(SagaError):
+    """No saga definition is registered under the given name."""
+
+    def __init__(self, saga_type: str, known: list[str]) -> None:
+        listed = ", ".join(sorted(known)) or "none"
+        super().__init__(f"unknown saga type {saga_type!r} (known: {listed})")
+        self.saga_type = saga_type
+        self.known = known
+
+
+class InvalidTransition(SagaError):
+    """The saga's current status does not allow the requested operation."""
+
+    def __init__(self, saga_id: str, status: str, operation: str, why: str = "") -> None:
+        detail = f": {why}" if why else ""
+        super().__init__(f"cannot {operation} saga {saga_id!r} in status {status!r}{detail}")
+        self.saga_id = saga_id
+        self.status = status
+        self.operation = operation
+
+
+class InvalidInput(SagaError):
+    """Input was rejected at the boundary; `field` names what was wrong."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class NonRetryableError(Exception):
+    """Raised by step code to fail the step now, without further attempts.
+
+    It does not derive from SagaError: it is the step author's signal, not sagakit's failure.
+    Any other exception raised by step code counts as a retryable failure.
+    """

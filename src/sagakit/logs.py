@@ -1,0 +1,78 @@
+"""Logging with the saga's id, step and attempt on every record inside a saga."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+_context: ContextVar[Mapping[str, Any]] = ContextVar("sagakit_log_context", default={})
+_FIELDS = ("saga_id", "step", "attempt")
+
+
+@contextmanager
+def saga_context(saga_id: str, **fields: Any) -> Iterator[None]:
+    """Attach `saga_id` (and fields such as step, attempt) to every log record inside."""
+    token = _context.set({**_context.get(), "saga_id": saga_id, **fields})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def current_context() -> Mapping[str, Any]:
+    """Return the fields attached by the innermost `saga_context`."""
+    return _context.get()
+
+
+class ContextFilter(logging.Filter):
+    """Copy the saga context onto each record (with '-' outside a saga)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = _context.get()
+        for key in _FIELDS:
+            if not hasattr(record, key):
+                setattr(record, key, context.get(key, "-"))
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "at": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in _FIELDS:
+            value = getattr(record, key, "-")
+            if value != "-":
+                data[key] = value
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(saga_id)s %(step)s #%(attempt)s] %(message)s"
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Install the saga-aware handler on the root logger."""
+    formatter: dict[str, Any] = (
+        {"()": JsonFormatter} if fmt == "json" else {"format": TEXT_FORMAT}
+    )
+    logging.config.dictConfig({
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"saga": {"()": ContextFilter}},
+        "formatters": {"default": formatter},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "filters": ["saga"],
+                                "formatter": "default"}},
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+    })

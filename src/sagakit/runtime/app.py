@@ -1,0 +1,85 @@
+"""The Celery app, configured for at-least-once delivery of saga steps.
+
+Why each setting (Celery's and kombu's docs and issue tracker agree on these):
+- ``task_acks_late``: ack after the task ran, so a worker crash redelivers it;
+- ``task_reject_on_worker_lost``: a killed pool process requeues its message;
+- ``worker_prefetch_multiplier=1``: a worker holds one unacked message per process;
+- JSON only: messages carry ids and plain data, never pickles;
+- ``visibility_timeout`` (Redis): an unacked message is redelivered after it, so it must
+  exceed the longest step timeout, or long steps would run twice;
+- task events on, so Flower sees every step and compensation.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+SAGAKIT_QUEUE = "sagakit"
+
+
+def make_celery(broker_url: str, *, visibility_timeout: float = 3600.0,
+                name: str = "sagakit") -> Any:
+    """Create the Celery app used by sagakit workers and dispatchers."""
+    app = Celery(name, broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue=SAGAKIT_QUEUE,
+        broker_transport_options={
+            "visibility_timeout": int(visibility_timeout),
+            # Virtual transports (the embedded memory broker) poll; the default is 1 s.
+            "polling_interval": 0.01 if broker_url.startswith("memory://") else 1.0,
+        },
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_track_started=True,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        enable_utc=True,
+    )
+    return app
+
+
+class EngineSlot:
+    """Gives each process (each prefork child) its own Engine, built on first use."""
+
+    def __init__(self, factory: Callable[[], Engine]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._pid = 0
+
+    def get(self) -> Engine:
+        """Return this process's engine."""
+        with self._lock:
+            if self._engine is None or self._pid != os.getpid():
+                self._engine = self._factory()
+                self._pid = os.getpid()
+            return self._engine
+
+
+def bind_engine(app: Any, factory: Callable[[], Engine]) -> None:
+    """Let step tasks running on `app` reach the saga log through `factory`."""
+    app.sagakit_engine = EngineSlot(factory)
+
+
+def engine_for(app: Any) -> Engine | None:
+    """Return the engine bound to `app`, or None where the store is out of reach."""
+    slot: EngineSlot | None = getattr(app, "sagakit_engine", None)
+    return None if slot is None else slot.get()

@@ -1,0 +1,75 @@
+"""Settings, read once from the environment at the entry points and passed down."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_BROKER = "memory://"
+
+
+class Settings(BaseSettings):
+    """Every knob, from ``SAGAKIT_*`` environment variables (or a ``.env`` file)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SAGAKIT_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = "sqlite:///sagakit.db"
+    """Saga log. SQLite file in the working directory by default; PostgreSQL for real."""
+    broker_url: str = EMBEDDED_BROKER
+    """Celery broker. The default is an in-process broker with an embedded worker."""
+    redis_url: str | None = None
+    """Redis for the saga event stream (optional)."""
+    api_token: str | None = None
+    """Bearer token required by mutating HTTP routes when set."""
+    imports: list[str] = Field(default_factory=lambda: ["examples.slam"])
+    """Modules holding saga definitions and step tasks (comma separated)."""
+    events_stream: str = "sagakit:events"
+    events_maxlen: int = 100_000
+    sweep_interval: float = 1.0
+    """Seconds between sweeps (outbox re-sends, timeouts, deadlines)."""
+    redrive_after: float = 30.0
+    """Seconds after which a sent message that no worker claimed is sent again."""
+    timeout_grace: float = 5.0
+    """Seconds added to a step's timeout before the sweeper declares it timed out."""
+    visibility_timeout: float = 3600.0
+    """Redis broker visibility timeout; must exceed every step timeout."""
+    worker_concurrency: int = 4
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    flower_user: str = "admin"
+    flower_password: str | None = None
+
+    @field_validator("imports", mode="before")
+    @classmethod
+    def _split_imports(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        """True when sagas run on the in-process broker and worker."""
+        return self.broker_url.startswith("memory://")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings from the environment, accepting the seed's variable names too."""
+    env = os.environ
+    if "SAGAKIT_BROKER_URL" not in env and env.get("CELERY_BROKER_URL"):
+        overrides.setdefault("broker_url", env["CELERY_BROKER_URL"])
+    if "SAGAKIT_DATABASE_URL" not in env and env.get("POSTGRES_HOST"):
+        user = env.get("POSTGRES_USER", "postgres")
+        password = env.get("POSTGRES_PASSWORD", "")
+        auth = f"{user}:{password}" if password else user
+        port = env.get("POSTGRES_PORT", "5432")
+        database = env.get("POSTGRES_DB", user)
+        overrides.setdefault(
+            "database_url",
+            f"postgresql+psycopg://{auth}@{env['POSTGRES_HOST']}:{port}/{database}",
+        )
+    return Settings(**overrides)  # type: ignore[arg-type]

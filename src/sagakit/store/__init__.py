@@ -1,0 +1,8 @@
+"""The saga log (SQL): schema, migrations and SqlSagaStore."""
+
+from .migrate import upgrade
+from .records import AttemptRecord, Claim, OutboxMessage, SagaRecord, TransitionRecord
+from .sql import SqlSagaStore, make_engine
+
+__all__ = ["AttemptRecord", "Claim", "OutboxMessage", "SagaRecord", "SqlSagaStore",
+           "TransitionRecord", "make_engine", "upgrade"]

@@ -1,0 +1,65 @@
+"""Sagas and step tasks used by the engine's tests; faults come in with the saga's input.
+
+``input["faults"]`` maps a step instance name to a list of directives:
+``fail`` (non-retryable), ``transient:K`` (fail the first K attempts), ``slow:S`` (sleep S
+seconds), ``slow_first:S`` (sleep only on attempt 1), ``undo_fail:K`` (compensation fails its
+first K attempts), ``undo_fail_while:PATH`` (compensation fails while PATH exists).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from sagakit import NonRetryableError, Parallel, RetryPolicy, Saga, Step, StepContext, StepKind
+from sagakit import saga_task
+
+FAST = RetryPolicy(max_attempts=3, initial_interval=0.05, backoff=2.0, max_interval=0.2)
+UNDO = RetryPolicy(max_attempts=3, initial_interval=0.05, backoff=2.0, max_interval=0.2)
+TIMEOUT = float(os.environ.get("WORKLOAD_STEP_TIMEOUT", "20"))
+
+
+def step(name: str, **options: Any) -> Step:
+    options.setdefault("compensation", f"work.undo_{name}")
+    return Step(name, action=f"work.{name}", queue="work", retry=FAST, compensation_retry=UNDO,
+                timeout=TIMEOUT, **options)
+
+
+linear = Saga("linear", [step("a"), step("b"), step("c"), step("d")])
+fanout = Saga("fanout", [step("a"), Parallel("group", [step("b1"), step("b2"), step("b3")]),
+                         step("d")])
+pivoted = Saga("pivoted", [
+    step("a"), step("b"),
+    step("p", kind=StepKind.PIVOT, compensation=None),
+    step("r", kind=StepKind.RETRIABLE, compensation=None),
+])
+mapped = Saga("mapped", [step("a"), step("each", for_each="input.items"), step("d")])
+noop = Saga("noop", [step(f"s{i}") for i in range(4)])
+
+
+def _directives(ctx: StepContext) -> list[str]:
+    faults = ctx.input.get("faults") or {}
+    return list(faults.get(ctx.step, ())) + list(faults.get(ctx.step.split("[")[0], ()))
+
+
+def _perform(ctx: StepContext) -> dict[str, Any]:
+    undo = ctx.direction == "compensation"
+    for directive in _directives(ctx):
+        kind, _, arg = directive.partition(":")
+        if kind == "slow" or (kind == "slow_first" and ctx.attempt == 1):
+            time.sleep(float(arg))
+        elif not undo and kind == "fail":
+            raise NonRetryableError(f"{ctx.step} refused")
+        elif not undo and kind == "transient" and ctx.attempt <= int(arg):
+            raise RuntimeError(f"{ctx.step} flaked on attempt {ctx.attempt}")
+        elif undo and kind == "undo_fail" and ctx.attempt <= int(arg):
+            raise RuntimeError(f"undo {ctx.step} flaked on attempt {ctx.attempt}")
+        elif undo and kind == "undo_fail_while" and os.path.exists(arg):
+            raise RuntimeError(f"undo {ctx.step} blocked by {arg}")
+    return {"step": ctx.step, "attempt": ctx.attempt, "item": ctx.item}
+
+
+for _name in ("a", "b", "c", "d", "b1", "b2", "b3", "p", "r", "each", "s0", "s1", "s2", "s3"):
+    saga_task(f"work.{_name}")(_perform)
+    saga_task(f"work.undo_{_name}")(_perform)
