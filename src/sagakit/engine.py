@@ -137,7 +137,7 @@ class Engine:
     ) -> StartResult:
         """Create a saga and send its first step; a repeated key returns the first saga."""
         saga = self.definition(saga_type)
-        data = _json_object(input if input is not None else {}, "input")
+        data = _validated_input(saga, input if input is not None else {})
         saga_id = saga_id or new_saga_id()
         if not SAGA_ID.match(saga_id):
             raise InvalidInput("saga_id", f"{saga_id!r} must match {SAGA_ID.pattern}")
@@ -394,6 +394,22 @@ def _history(before: SagaState, decision: Decision, event: Event,
             "detail": {"reason": after.reason} if after.reason else None, "at": now,
         })
     return rows
+
+
+def _validated_input(saga: Saga, value: Any) -> dict[str, Any]:
+    data = _json_object(value, "input")
+    if saga.input_model is None:
+        return data
+    try:
+        model = saga.input_model.model_validate(data)
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        errors = getattr(exc, "errors", None)
+        if callable(errors) and errors():
+            first = errors()[0]
+            where = ".".join(str(part) for part in ("input", *first.get("loc", ())))
+            raise InvalidInput(where, str(first.get("msg", exc))) from None
+        raise InvalidInput("input", str(exc)) from None
+    return _json_object(model.model_dump(mode="json"), "input")
 
 
 def _json_object(value: Any, field_name: str) -> dict[str, Any]:

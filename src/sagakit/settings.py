@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BROKER = "memory://"
 
@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     """Redis for the saga event stream (optional)."""
     api_token: str | None = None
     """Bearer token required by mutating HTTP routes when set."""
-    imports: list[str] = Field(default_factory=lambda: ["examples.slam"])
+    imports: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["examples.slam"])
     """Modules holding saga definitions and step tasks (comma separated)."""
     events_stream: str = "sagakit:events"
     events_maxlen: int = 100_000

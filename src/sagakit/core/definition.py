@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from .errors import DefinitionError
 
@@ -139,6 +140,8 @@ class Saga:
     timeout: float | None = None
     """Seconds from start after which an unfinished saga is cancelled (before its pivot)."""
     description: str = ""
+    input_model: Any = None
+    """Optional input validator: a pydantic model class (anything with `model_validate`)."""
 
     def __init__(
         self,
@@ -148,12 +151,14 @@ class Saga:
         version: int = 1,
         timeout: float | None = None,
         description: str = "",
+        input_model: Any = None,
     ) -> None:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "steps", tuple(steps))
         object.__setattr__(self, "version", version)
         object.__setattr__(self, "timeout", timeout)
         object.__setattr__(self, "description", description)
+        object.__setattr__(self, "input_model", input_model)
         _validate(self)
 
     def stage_steps(self, stage: int) -> tuple[Step, ...]:

@@ -1,0 +1,64 @@
+"""The `sagakit` command line: thin shells over the same engine the API uses."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from ..core.errors import SagaError
+from ..settings import load_settings
+from . import render
+
+app = typer.Typer(
+    name="sagakit",
+    help="Durable sagas on Celery: run, inspect and operate sagas.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_commands() -> None:
+    from . import processes, sagas
+
+    sagas.register(app)
+    processes.register(app)
+    # Modules named by SAGAKIT_IMPORTS may add commands (e.g. `sagakit robots`).
+    try:
+        modules = load_settings().imports
+    except Exception:
+        return
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        hook = getattr(module, "register_cli", None)
+        if callable(hook):
+            hook(app)
+
+
+def main() -> None:
+    """Run the CLI; sagakit's own errors become one line on stderr and exit code 2."""
+    import os
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    _register_commands()
+    try:
+        app()
+    except SagaError as exc:
+        render.console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True,
+                                          highlight=False)
+        raise SystemExit(2) from None
+    except (SettingsError, ValidationError) as exc:
+        first = str(exc).strip().splitlines()
+        render.console(stderr=True).print(f"[bold red]error:[/] settings: {' '.join(first[:3])}",
+                                          markup=True, highlight=False)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

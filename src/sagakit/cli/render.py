@@ -1,0 +1,106 @@
+"""Rich rendering of sagas for the terminal."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+STATUS_STYLE = {
+    "pending": "dim", "running": "cyan", "compensating": "yellow", "completed": "green",
+    "compensated": "magenta", "failed": "bold red", "succeeded": "green",
+    "compensation_failed": "bold red", "scheduled": "dim", "timed_out": "red",
+}
+
+
+def styled(status: str | None) -> Text:
+    """A status word in its colour."""
+    return Text(status or "-", style=STATUS_STYLE.get(status or "", ""))
+
+
+def _clock(value: str | None) -> str:
+    if not value:
+        return "-"
+    return datetime.fromisoformat(value).strftime("%H:%M:%S.%f")[:-3]
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+def header(view: dict[str, Any]) -> Text:
+    """One line: id, type, status, duration, reason."""
+    text = Text.assemble(("saga ", "bold"), (view["id"], "bold"), f"  {view['type']}  ",
+                         styled(view["status"]), f"  {_secs(view.get('duration'))}")
+    if view.get("reason"):
+        text.append(f"\n  reason: {view['reason']}", style="italic")
+    return text
+
+
+def timeline(view: dict[str, Any]) -> Table:
+    """Every attempt of every action and compensation, in the order they were scheduled."""
+    table = Table(title="timeline", title_justify="left", expand=False)
+    for column in ("step", "kind", "#", "status", "start", "end", "took", "worker", "task id",
+                   "error"):
+        table.add_column(column, overflow="fold")
+    rows = []
+    for step in view["steps"]:
+        for attempt in step["attempts"] + step["compensations"]:
+            rows.append((attempt["scheduled_at"] or "", step["name"], attempt))
+    for _, name, a in sorted(rows, key=lambda row: row[0]):
+        kind = "action" if a["direction"] == "action" else "compensate"
+        table.add_row(name, kind, str(a["attempt"]), styled(a["status"]),
+                      _clock(a["started_at"]), _clock(a["finished_at"]), _secs(a["duration"]),
+                      a["worker"] or "-", a["task_id"], (a["error"] or "")[:80])
+    return table
+
+
+def history(view: dict[str, Any]) -> Table:
+    """The transition history."""
+    table = Table(title="history", title_justify="left")
+    for column in ("at", "event", "step", "#", "status"):
+        table.add_column(column)
+    for h in view["history"]:
+        status = h["to"] if h["from"] == h["to"] else f"{h['from'] or '-'} -> {h['to'] or '-'}"
+        table.add_row(_clock(h["at"]), h["event"], h["step"] or "", str(h["attempt"] or ""),
+                      status if h["to"] else "")
+    return table
+
+
+def saga(view: dict[str, Any], *, with_history: bool = True) -> Group:
+    """Header, timeline and (optionally) history of one saga."""
+    parts: list[Any] = [header(view), timeline(view)]
+    if with_history:
+        parts.append(history(view))
+    return Group(*parts)
+
+
+def listing(views: list[dict[str, Any]]) -> Table:
+    """A table of sagas."""
+    table = Table()
+    for column in ("id", "type", "status", "created", "took", "reason"):
+        table.add_column(column, overflow="fold")
+    for v in views:
+        table.add_row(v["id"], v["type"], styled(v["status"]), v["created_at"][:23],
+                      _secs(v["duration"]), (v["reason"] or "")[:70])
+    return table
+
+
+def progress(view: dict[str, Any]) -> Table:
+    """Live view of a saga's steps while it runs."""
+    table = Table(title=f"saga {view['id']} ({view['type']}): {view['status']}",
+                  title_justify="left")
+    for column in ("step", "status", "attempts", "compensations"):
+        table.add_column(column)
+    for step in view["steps"]:
+        table.add_row(step["name"], styled(step["status"]), str(len(step["attempts"])),
+                      str(len(step["compensations"])))
+    return table
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A console that degrades to plain text when not a terminal."""
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=160)
