@@ -171,10 +171,13 @@ def ensure_schema(engine: sa.Engine) -> None:
                 if conn.execute(sa.select(sa.func.count()).select_from(robots)).scalar_one():
                     return
                 size = fleet_size()
-                conn.execute(robots.insert(), [
-                    {"id": number, "name": f"scout-{number:02d}", "held_by": None}
-                    for number in range(1, size + 1)
-                ])
+                conn.execute(
+                    robots.insert(),
+                    [
+                        {"id": number, "name": f"scout-{number:02d}", "held_by": None}
+                        for number in range(1, size + 1)
+                    ],
+                )
                 logger.info("seeded a fleet of %d robots", size)
         finally:
             if postgres:

@@ -107,20 +107,24 @@ class Faults(BaseModel):
         if ctx.direction == "compensation":
             limit = _count(self.compensation_fail, ctx.step)
             if ctx.attempt <= limit:
-                raise RuntimeError(f"injected: compensation of {ctx.step} failed "
-                                   f"(attempt {ctx.attempt} of the first {limit})")
+                raise RuntimeError(
+                    f"injected: compensation of {ctx.step} failed "
+                    f"(attempt {ctx.attempt} of the first {limit})"
+                )
             return
         if self._fails_at(ctx.step, branches):
             raise NonRetryableError(f"injected: {ctx.step} failed (fail_at={self.fail_at})")
         if self.fail_rate > 0 and ctx.step.split("[", 1)[0] in RANDOM_STEPS:
             draw = _draw(seed, ctx.saga_id, ctx.step)
             if draw < self.fail_rate:
-                raise NonRetryableError(f"injected: {ctx.step} failed "
-                                        f"(draw {draw:.3f} < fail_rate {self.fail_rate})")
+                raise NonRetryableError(
+                    f"injected: {ctx.step} failed (draw {draw:.3f} < fail_rate {self.fail_rate})"
+                )
         limit = _count(self.transient, ctx.step)
         if ctx.attempt <= limit:
-            raise RuntimeError(f"injected: {ctx.step} flaked "
-                               f"(attempt {ctx.attempt} of the first {limit})")
+            raise RuntimeError(
+                f"injected: {ctx.step} flaked (attempt {ctx.attempt} of the first {limit})"
+            )
 
     def _fails_at(self, step: str, branches: int) -> bool:
         if self.fail_at is None:

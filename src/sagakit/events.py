@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -18,19 +19,27 @@ class RedisStreamPublisher:
         self.client = client
         self.stream = stream
         self.maxlen = maxlen
+        self._paused_until = 0.0
 
     @classmethod
     def from_url(cls, url: str, stream: str, maxlen: int) -> RedisStreamPublisher:
         """Connect with short timeouts so a Redis outage never stalls a transition."""
-        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         return cls(client, stream, maxlen)
 
     def publish(self, entries: Sequence[dict[str, Any]]) -> None:
-        """Append the entries in one round trip."""
+        """Append the entries in one round trip; after a failure, pause for a few seconds."""
+        if time.monotonic() < self._paused_until:
+            return
         pipe = self.client.pipeline(transaction=False)
         for entry in entries:
             pipe.xadd(self.stream, encode_entry(entry), maxlen=self.maxlen, approximate=True)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            # Best effort: a Redis outage must not slow every transition down.
+            self._paused_until = time.monotonic() + 5.0
+            raise
 
 
 def encode_entry(entry: dict[str, Any]) -> dict[str, str]:

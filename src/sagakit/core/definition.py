@@ -57,7 +57,11 @@ class RetryPolicy:
 
     def delay(self, attempt: int, key: str) -> float:
         """Seconds to wait before attempt `attempt + 1`, jittered by a hash of `key`."""
-        base = min(self.initial_interval * self.backoff ** (attempt - 1), self.max_interval)
+        try:
+            grown = self.initial_interval * self.backoff ** (attempt - 1)
+        except OverflowError:  # retried without bound: the interval is long since capped
+            grown = self.max_interval if self.initial_interval > 0 else 0.0
+        base = min(grown, self.max_interval)
         spread = (zlib.crc32(f"{key}:{attempt}".encode()) % 2001 - 1000) / 1000.0
         return max(0.0, base * (1.0 + self.jitter * spread))
 
@@ -209,6 +213,7 @@ def _find_problem(saga: Saga) -> str | None:  # noqa: C901 - one flat list of ru
     if not saga.steps:
         return "a saga needs at least one step"
     seen: set[str] = set()
+    sources: set[str] = set()
     phase = StepKind.COMPENSATABLE
     for index, element in enumerate(saga.steps):
         if not isinstance(element, Step | Parallel):
@@ -220,7 +225,7 @@ def _find_problem(saga: Saga) -> str | None:  # noqa: C901 - one flat list of ru
                 return f"group name {element.name!r} is duplicated or malformed"
             seen.add(element.name)
         for step in saga.stage_steps(index):
-            problem = _step_problem(step, seen, isinstance(element, Parallel))
+            problem = _step_problem(step, seen, sources, isinstance(element, Parallel))
             if problem is not None:
                 return problem
             seen.add(step.name)
@@ -230,16 +235,25 @@ def _find_problem(saga: Saga) -> str | None:  # noqa: C901 - one flat list of ru
                 return f"pivot step {step.name!r} comes after another pivot or retriable step"
             if step.kind is not StepKind.COMPENSATABLE:
                 phase = step.kind
+        kinds = {step.kind for step in saga.stage_steps(index)}
+        if isinstance(element, Parallel) and {StepKind.COMPENSATABLE, StepKind.RETRIABLE} <= kinds:
+            return f"group {element.name!r} mixes compensatable and retriable steps"
+        # Only a plain step of an earlier stage has one output a later for_each can read.
+        sources.update(s.name for s in saga.stage_steps(index) if s.for_each is None)
     return None
 
 
-def _step_problem(step: Step, seen: set[str], in_group: bool) -> str | None:  # noqa: C901
+def _step_problem(  # noqa: C901
+    step: Step, seen: set[str], sources: set[str], in_group: bool
+) -> str | None:
     if not isinstance(step, Step):
         return f"{step!r} is not a Step"
     if not NAME_PATTERN.match(step.name):
         return f"step name {step.name!r} must match {NAME_PATTERN.pattern}"
     if step.name in seen:
         return f"step name {step.name!r} is used twice"
+    if not isinstance(step.kind, StepKind):
+        return f"step {step.name!r} kind {step.kind!r} is not a StepKind"
     if not step.action:
         return f"step {step.name!r} has no action task name"
     if not step.queue:
@@ -254,7 +268,7 @@ def _step_problem(step: Step, seen: set[str], in_group: bool) -> str | None:  # 
         return f"step {step.name!r} timeout must be positive"
     if step.for_each is not None:
         source, _, key = step.for_each.partition(".")
-        if not key or (source != "input" and source not in seen):
+        if not key or (source != "input" and source not in sources):
             return (
                 f"step {step.name!r} for_each={step.for_each!r} must be 'input.<key>' "
                 "or '<earlier step>.<key>'"

@@ -50,7 +50,9 @@ def make_celery(broker_url: str, *, visibility_timeout: float = 3600.0,
         task_send_sent_event=True,
         task_track_started=True,
         worker_hijack_root_logger=False,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A step that is running when the broker connection drops finishes and records its
+        # outcome in the saga log; cancelling it would only force a retry.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         enable_utc=True,
     )
     return app

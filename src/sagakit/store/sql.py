@@ -102,10 +102,11 @@ class SqlSagaStore:
         if idempotency_key is None:
             conn.execute(statement)
             return None
-        result = conn.execute(
+        inserted = conn.execute(
             statement.on_conflict_do_nothing(index_elements=["saga_type", "idempotency_key"])
-        )
-        if result.rowcount == 1:
+            .returning(t.sagas.c.saga_id)
+        ).first()
+        if inserted is not None:
             return None
         existing = conn.execute(
             sa.select(t.sagas.c.saga_id).where(

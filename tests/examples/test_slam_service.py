@@ -1,0 +1,251 @@
+"""The SLAM mission end to end on the embedded system: steps, compensations, injected faults."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from examples.slam import db, fleet
+from examples.slam.faults import Faults
+from examples.slam.saga import UNDO_RETRY, MissionInput
+from sagakit import InvalidInput, NonRetryableError, Settings, StepContext, System
+from sagakit.idempotency import once
+from sagakit.store.records import SagaRecord
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FORWARD = ("allocate_robots", "plan_routes", "explore[0]", "explore[1]", "explore[2]")
+
+
+class Mission:
+    """A running embedded system plus the SLAM services' database, for one test."""
+
+    def __init__(self, system: System, output: Path) -> None:
+        self.system = system
+        self.engine = system.engine
+        self.output = output
+        self.db = db.get_engine()
+
+    def run(self, timeout: float = 30.0, **fields: Any) -> SagaRecord:
+        """Start a mission with `fields` as input and wait until it settles."""
+        started = self.engine.start("slam", {"robots": 3, "area": "warehouse", **fields})
+        return self.engine.wait(started.saga_id, timeout=timeout)
+
+    def events(self, saga_id: str, event: str) -> list[str]:
+        """Steps named by the history entries of kind `event`, in order."""
+        return [h.step or "" for h in self.engine.history(saga_id) if h.event == event]
+
+    def count(self, table: sa.Table, *where: Any) -> int:
+        """Rows of a service table matching `where`."""
+        with self.db.connect() as conn:
+            query = sa.select(sa.func.count()).select_from(table).where(*where)
+            return int(conn.execute(query).scalar_one())
+
+    def held(self) -> list[dict[str, Any]]:
+        """Robots currently held by any saga."""
+        return [robot for robot in fleet.list_fleet(self.db) if robot["held_by"] is not None]
+
+
+@pytest.fixture
+def mission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mission]:
+    url = f"sqlite:///{tmp_path}/slam.db"
+    monkeypatch.setenv("SLAM_DATABASE_URL", url)
+    monkeypatch.setenv("SLAM_OUTPUT_DIR", str(tmp_path / "maps"))
+    monkeypatch.delenv("SLAM_FLEET_SIZE", raising=False)
+    settings = Settings(database_url=url, imports=["examples.slam"], sweep_interval=0.2)
+    with System(settings) as system:
+        system.start_embedded()
+        yield Mission(system, tmp_path / "maps")
+    db.dispose_engines()
+
+
+def test_happy_path_maps_the_area_and_returns_the_robots(mission: Mission) -> None:
+    record = mission.run()
+
+    assert record.status == "completed", record.reason
+    output = next(s.output for s in record.state.steps if s.name == "integrate_maps")
+    png = Path(output["map_path"])
+    assert png.parent == mission.output
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    # Measured for warehouse/seed 0/80x60 with 3 robots: coverage 0.9956, accuracy 0.9920.
+    assert output["coverage"] > 0.85
+    assert output["accuracy"] > 0.9
+    completed = mission.events(record.saga_id, "step_completed")
+    assert sorted(completed) == sorted([*FORWARD, "integrate_maps", "release_robots"])
+    assert mission.events(record.saga_id, "step_compensated") == []
+    assert mission.held() == []
+    assert mission.count(db.allocations, db.allocations.c.released_at.is_(None)) == 0
+    assert mission.count(db.allocations, db.allocations.c.saga_id == record.saga_id) == 3
+    assert mission.count(db.scans, db.scans.c.status == "complete") == 3
+    assert mission.count(db.maps, db.maps.c.saga_id == record.saga_id) == 1
+    assert fleet.allocation_overlaps(mission.db) == []
+
+
+@pytest.mark.parametrize(
+    ("fail_at", "failed_step"),
+    [
+        ("allocate_robots", "allocate_robots"),
+        ("plan_routes", "plan_routes"),
+        ("explore", "explore[2]"),
+        ("integrate_maps", "integrate_maps"),
+    ],
+)
+def test_a_failed_step_compensates_what_completed_in_reverse(
+    mission: Mission, fail_at: str, failed_step: str
+) -> None:
+    record = mission.run(faults={"fail_at": fail_at})
+
+    assert record.status == "compensated"
+    assert record.failed_step == failed_step
+    assert "injected" in (record.reason or "")
+    completed = mission.events(record.saga_id, "step_completed")
+    assert failed_step not in completed
+    if fail_at == "explore":  # the other branches finished before the saga rolled back
+        assert {"explore[0]", "explore[1]"} <= set(completed)
+    assert mission.events(record.saga_id, "step_compensated") == completed[::-1]
+    assert mission.held() == []
+    assert mission.count(db.maps) == 0
+    assert list(mission.output.glob("*.png")) == []
+    assert mission.count(db.plans) == 0
+    assert mission.count(db.scans, db.scans.c.status != "aborted") == 0
+    assert mission.count(db.allocations, db.allocations.c.released_at.is_(None)) == 0
+
+
+def test_not_enough_robots_compensates_with_the_reason(mission: Mission) -> None:
+    record = mission.run(robots=9)  # the fleet has 8
+
+    assert record.status == "compensated"
+    assert record.failed_step == "allocate_robots"
+    assert "not enough free robots: need 9, 8 free" in (record.reason or "")
+    assert mission.events(record.saga_id, "step_compensated") == []
+    assert mission.count(db.allocations) == 0
+    assert mission.held() == []
+
+
+def test_a_transient_failure_is_retried(mission: Mission) -> None:
+    record = mission.run(faults={"transient": {"plan_routes": 2}})
+
+    assert record.status == "completed", record.reason
+    attempts = [h.attempt for h in mission.engine.history(record.saga_id)
+                if h.step == "plan_routes" and h.event in ("step_failed", "step_completed")]
+    assert attempts == [1, 2, 3]
+    assert mission.events(record.saga_id, "step_failed").count("plan_routes") == 2
+    assert mission.count(db.plans) == 1  # the failed attempts left nothing behind
+
+
+def test_an_exhausted_compensation_fails_the_saga(mission: Mission) -> None:
+    record = mission.run(
+        faults={"fail_at": "integrate_maps", "compensation_fail": {"plan_routes": 99}}
+    )
+
+    assert record.status == "failed"
+    assert record.failed_step == "plan_routes"
+    failures = mission.events(record.saga_id, "compensation_failed")
+    assert failures == ["plan_routes"] * (UNDO_RETRY.max_attempts or 0)
+    completed = mission.events(record.saga_id, "step_completed")
+    undone = [step for step in completed[::-1] if step.startswith("explore")]
+    assert mission.events(record.saga_id, "step_compensated") == undone
+    assert len(undone) == 3
+    # Needs an operator: the plan and the robots are still held, nothing else was undone.
+    assert mission.count(db.plans) == 1
+    assert len(mission.held()) == 3
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"robots": 0}, "input.robots"),
+        ({"faults": {"fail_at": "teleport"}}, "input.faults.fail_at"),
+        ({"fail_at": "teleport"}, "input.faults.fail_at"),
+        ({"area": "bad area!"}, "input.area"),
+        ({"area": ""}, "input.area"),
+        ({"colour": "red"}, "input.colour"),
+        ({"faults": {"fail_at": "explore[3]"}}, "input"),
+    ],
+)
+def test_invalid_input_is_refused_naming_the_field(
+    mission: Mission, fields: dict[str, Any], where: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        mission.engine.start("slam", {"robots": 3, "area": "warehouse", **fields})
+    assert caught.value.field == where
+    if "teleport" in str(fields):
+        assert "allocate_robots" in caught.value.reason
+        assert "release_robots" in caught.value.reason
+
+
+def test_cli_style_top_level_faults_are_lifted() -> None:
+    parsed = MissionInput.model_validate(
+        {"robots": "3", "area": "warehouse", "fail_at": "explore", "fail_rate": "0.2"}
+    )
+    assert parsed.faults == Faults(fail_at="explore", fail_rate=0.2)
+    assert Faults(slow={"explore": 120}).slow == {"explore": 30.0}
+
+
+def test_fail_rate_is_deterministic_per_saga_and_step() -> None:
+    def ctx(saga_id: str, step: str) -> StepContext:
+        return StepContext(saga_id, "slam", step, 1, "action", {})
+
+    always, never, half = Faults(fail_rate=1.0), Faults(fail_rate=0.0), Faults(fail_rate=0.5)
+    with pytest.raises(NonRetryableError):
+        always.check(ctx("s1", "plan_routes"))
+    never.check(ctx("s1", "plan_routes"))
+    always.check(ctx("s1", "release_robots"))  # past the point of no return: never drawn
+    outcomes = []
+    for index in range(40):
+        try:
+            half.check(ctx(f"saga{index}", "explore[0]"), seed=7)
+            outcomes.append(True)
+        except NonRetryableError:
+            outcomes.append(False)
+    again = []
+    for index in range(40):
+        try:
+            half.check(ctx(f"saga{index}", "explore[0]"), seed=7)
+            again.append(True)
+        except NonRetryableError:
+            again.append(False)
+    assert outcomes == again
+    assert 5 < outcomes.count(False) < 35
+
+
+def test_allocation_is_idempotent_on_its_key(mission: Mission) -> None:
+    key = "s-idem:allocate_robots:action"
+    results = []
+    for _ in range(2):
+        with mission.db.begin() as conn:
+            results.append(
+                once(conn, key, lambda c=conn: {"robots": fleet.allocate(c, "s-idem", 2)})
+            )
+    assert results[0] == results[1]
+    assert [r["id"] for r in results[0]["robots"]] == [1, 2]
+    assert fleet.held_by(mission.db, "s-idem") == [1, 2]
+    assert mission.count(db.allocations) == 2
+    for _ in range(2):
+        with mission.db.begin() as conn:
+            fleet.release(conn, "s-idem")
+    assert mission.held() == []
+    assert mission.count(db.allocations, db.allocations.c.released_at.is_(None)) == 0
+
+
+def test_the_database_refuses_a_second_open_allocation(mission: Mission) -> None:
+    with mission.db.begin() as conn:
+        fleet.allocate(conn, "s-one", 1)
+    with pytest.raises(sa.exc.IntegrityError), mission.db.begin() as conn:
+        conn.execute(db.allocations.insert().values(
+            robot_id=1, saga_id="s-two", allocated_at=db.utcnow(), released_at=None))
+    assert fleet.allocation_overlaps(mission.db) == []
+
+
+def test_concurrent_missions_never_share_a_robot(mission: Mission) -> None:
+    started = [mission.engine.start("slam", {"robots": 3, "area": f"site{i}", "seed": i})
+               for i in range(4)]
+    records = [mission.engine.wait(s.saga_id, timeout=40) for s in started]
+
+    for record in records:
+        assert record.status == "completed" or "not enough free robots" in (record.reason or "")
+    assert any(record.status == "completed" for record in records)
+    assert fleet.allocation_overlaps(mission.db) == []
+    assert mission.held() == []

@@ -1,0 +1,52 @@
+"""Real worker subprocesses on the session's PostgreSQL database and Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from sagakit import Engine, Settings, System
+from tests.support.cluster import Cluster
+
+
+def worker_env(pg_url: str, broker_url: str) -> dict[str, str]:
+    """Environment shared by the workers and the test process."""
+    return {
+        "SAGAKIT_DATABASE_URL": pg_url,
+        "SAGAKIT_BROKER_URL": broker_url,
+        "SAGAKIT_REDIS_URL": broker_url,
+        "SAGAKIT_IMPORTS": "tests.support.workload",
+        "SAGAKIT_SWEEP_INTERVAL": "0.3",
+        "SAGAKIT_REDRIVE_AFTER": "4",
+        "SAGAKIT_TIMEOUT_GRACE": "1",
+        "SAGAKIT_VISIBILITY_TIMEOUT": "30",
+        "SAGAKIT_LOG_LEVEL": "INFO",
+    }
+
+
+def client_system(env: dict[str, str]) -> System:
+    """A System in the test process: starts sagas and reads the log, runs no worker."""
+    return System(Settings(
+        database_url=env["SAGAKIT_DATABASE_URL"], broker_url=env["SAGAKIT_BROKER_URL"],
+        imports=["tests.support.workload"], redrive_after=4.0, timeout_grace=1.0,
+    ))
+
+
+@pytest.fixture(scope="module")
+def cluster(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Cluster]:
+    workers = Cluster(worker_env(pg_url, redis_url), tmp_path_factory.mktemp("workers"))
+    try:
+        workers.start("-c", "2")
+        workers.start("-c", "2", "--no-sweeper")
+        yield workers
+    finally:
+        workers.stop()
+
+
+@pytest.fixture(scope="module")
+def engine(cluster: Cluster) -> Iterator[Engine]:
+    system = client_system(cluster.env)
+    yield system.engine
+    system.close()
