@@ -1,17 +1,13 @@
 """The mission's step tasks: each service's own named Celery tasks.
 
-Every action and compensation is one local transaction in the services' database, made
-exactly-once by `sagakit.idempotency.once` on the saga's step key. Injected faults (see
-`examples.slam.faults`) fire inside that transaction, after the work and before the commit,
-so a failed attempt leaves nothing behind. A compensation also *fences* its action: it
-records the action's key, so an action attempt that timed out and arrives late does nothing.
+Tasks are thin: the robot service's logic lives in `examples.slam.fleet`, the simulation in
+`world`, `planning`, `sensing` and `mapping`, and every task's local transaction goes through
+`examples.slam.service.commit` (exactly once per step key, faults injected before the commit).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,47 +18,22 @@ from examples.slam.db import get_engine, maps, plans, scans, utcnow
 from examples.slam.faults import branch_of
 from examples.slam.mapping import FREE_THRESHOLD, OCCUPIED_THRESHOLD, assess, fuse, render_png
 from examples.slam.planning import coverage_path, split_sectors
-from examples.slam.saga import MissionInput
 from examples.slam.sensing import decode_grid, encode_grid, explore_sector
-from examples.slam.world import World, generate_world
+from examples.slam.service import (
+    commit,
+    load_plan,
+    map_path,
+    mission_of,
+    robots_of,
+    world_of,
+    write_map,
+)
 from sagakit import NonRetryableError, StepContext, saga_task
-from sagakit.idempotency import once
 
 logger = logging.getLogger(__name__)
 
 SPACING = 4
-"""Cells between a robot's sweep lines (and the sensor sees 10 cells)."""
-FENCED = {"fenced": True}
-
-
-def _mission(ctx: StepContext) -> MissionInput:
-    return MissionInput.model_validate(dict(ctx.input))
-
-
-def _robots(ctx: StepContext) -> list[dict[str, Any]]:
-    output = ctx.results.get("allocate_robots") or {}
-    return list(output.get("robots", []))
-
-
-def _world(mission: MissionInput) -> World:
-    return generate_world(mission.area, mission.seed, mission.width, mission.height)
-
-
-def _commit(ctx: StepContext, work: Callable[[sa.Connection], Any]) -> Any:
-    """Run `work` once per step key in one transaction; inject faults before the commit."""
-    mission = _mission(ctx)
-    mission.faults.delay(ctx.step)
-    with get_engine().begin() as conn:
-        if ctx.direction == "compensation":
-            once(conn, f"{ctx.saga_id}:{ctx.step}:action", lambda: FENCED)
-        result = once(conn, ctx.key, lambda: work(conn))
-        mission.faults.check(ctx, branches=len(_robots(ctx)), seed=mission.seed)
-    return result
-
-
-def map_path(saga_id: str) -> Path:
-    """Where the map of `saga_id` is written: ``$SLAM_OUTPUT_DIR`` or ``./out/maps``."""
-    return Path(os.environ.get("SLAM_OUTPUT_DIR") or "out/maps").resolve() / f"{saga_id}.png"
+"""Cells between a robot's sweep lines (the sensor sees 10 cells)."""
 
 
 # --- robots ------------------------------------------------------------------------------
@@ -71,8 +42,8 @@ def map_path(saga_id: str) -> Path:
 @saga_task("robots.allocate")
 def allocate_robots(ctx: StepContext) -> Any:
     """Reserve the mission's robots, all or none."""
-    count = _mission(ctx).robots
-    output = _commit(ctx, lambda conn: {"robots": fleet.allocate(conn, ctx.saga_id, count)})
+    count = mission_of(ctx).robots
+    output = commit(ctx, lambda conn: {"robots": fleet.allocate(conn, ctx.saga_id, count)})
     logger.info("reserved robots %s", [r["name"] for r in output.get("robots", [])])
     return output
 
@@ -80,7 +51,7 @@ def allocate_robots(ctx: StepContext) -> Any:
 @saga_task("robots.release")
 def release_robots(ctx: StepContext) -> Any:
     """Compensation of allocate_robots: give back exactly this mission's robots."""
-    output = _commit(ctx, lambda conn: {"released": fleet.release(conn, ctx.saga_id)})
+    output = commit(ctx, lambda conn: {"released": fleet.release(conn, ctx.saga_id)})
     logger.info("released robots %s", output.get("released"))
     return output
 
@@ -88,7 +59,7 @@ def release_robots(ctx: StepContext) -> Any:
 @saga_task("robots.return")
 def return_robots(ctx: StepContext) -> Any:
     """Last step: the mission is over, its robots go back to the pool."""
-    output = _commit(ctx, lambda conn: {"released": fleet.release(conn, ctx.saga_id)})
+    output = commit(ctx, lambda conn: {"released": fleet.release(conn, ctx.saga_id)})
     logger.info("returned robots %s", output.get("released"))
     return output
 
@@ -99,8 +70,8 @@ def return_robots(ctx: StepContext) -> Any:
 @saga_task("planning.plan")
 def plan_routes(ctx: StepContext) -> Any:
     """Split the area into one sector per robot and plan a coverage path through each."""
-    mission, robots = _mission(ctx), _robots(ctx)
-    world = _world(mission)
+    mission, robots = mission_of(ctx), robots_of(ctx)
+    world = world_of(mission)
     try:
         sectors = split_sectors(world, len(robots))
     except ValueError as exc:
@@ -120,7 +91,7 @@ def plan_routes(ctx: StepContext) -> Any:
         waypoints = {r["name"]: len(path) for r, path in zip(robots, paths, strict=True)}
         return {"sectors": len(sectors), "waypoints": waypoints}
 
-    output = _commit(ctx, store)
+    output = commit(ctx, store)
     logger.info("planned sectors, waypoints per robot: %s", output.get("waypoints"))
     return output
 
@@ -133,7 +104,7 @@ def discard_plan(ctx: StepContext) -> Any:
         deleted = conn.execute(plans.delete().where(plans.c.saga_id == ctx.saga_id)).rowcount
         return {"discarded": deleted}
 
-    output = _commit(ctx, discard)
+    output = commit(ctx, discard)
     logger.info("discarded the route plan: %s", output)
     return output
 
@@ -141,22 +112,14 @@ def discard_plan(ctx: StepContext) -> Any:
 # --- exploration -------------------------------------------------------------------------
 
 
-def _plan(saga_id: str) -> Any:
-    with get_engine().connect() as conn:
-        plan = conn.execute(sa.select(plans).where(plans.c.saga_id == saga_id)).first()
-    if plan is None:
-        raise NonRetryableError(f"no route plan stored for saga {saga_id}")
-    return plan
-
-
 @saga_task("exploration.explore")
 def explore(ctx: StepContext) -> Any:
     """Drive one robot along its path, building its local occupancy grid."""
-    mission, robot, branch = _mission(ctx), dict(ctx.item), branch_of(ctx.step)
+    mission, robot, branch = mission_of(ctx), dict(ctx.item), branch_of(ctx.step)
     if branch is None:
         raise NonRetryableError(f"{ctx.step} is not an explore branch")
-    path = [(int(x), int(y)) for x, y in _plan(ctx.saga_id).paths[branch]]
-    grid = explore_sector(_world(mission), path, seed=mission.seed * 1009 + branch)
+    path = [(int(x), int(y)) for x, y in load_plan(ctx.saga_id).paths[branch]]
+    grid = explore_sector(world_of(mission), path, seed=mission.seed * 1009 + branch)
     known = int(((grid > OCCUPIED_THRESHOLD) | (grid < FREE_THRESHOLD)).sum())
 
     def store(conn: sa.Connection) -> dict[str, Any]:
@@ -174,7 +137,7 @@ def explore(ctx: StepContext) -> Any:
         )
         return {"robot": robot["name"], "waypoints": len(path), "known_cells": known}
 
-    output = _commit(ctx, store)
+    output = commit(ctx, store)
     logger.info("%s explored %d waypoints, %d cells known", robot["name"], len(path), known)
     return output
 
@@ -192,7 +155,7 @@ def abort_exploration(ctx: StepContext) -> Any:
         ).rowcount
         return {"aborted": aborted}
 
-    output = _commit(ctx, abort)
+    output = commit(ctx, abort)
     logger.info("recalled robot %s: %s", (ctx.item or {}).get("name"), output)
     return output
 
@@ -203,7 +166,7 @@ def abort_exploration(ctx: StepContext) -> Any:
 @saga_task("mapping.integrate")
 def integrate_maps(ctx: StepContext) -> Any:
     """Fuse the local grids, assess the map against the ground truth and render it."""
-    mission, plan = _mission(ctx), _plan(ctx.saga_id)
+    mission, plan = mission_of(ctx), load_plan(ctx.saga_id)
     with get_engine().connect() as conn:
         rows = (
             conn.execute(
@@ -216,7 +179,7 @@ def integrate_maps(ctx: StepContext) -> Any:
         )
     if len(rows) != len(plan.paths):
         raise NonRetryableError(f"expected {len(plan.paths)} scans, found {len(rows)}")
-    world = _world(mission)
+    world = world_of(mission)
     fused = fuse([decode_grid(data) for data in rows])
     quality = assess(world, fused)
     scale = max(1, min(6, 1200 // max(world.width, world.height)))
@@ -240,10 +203,10 @@ def integrate_maps(ctx: StepContext) -> Any:
             "map_path": str(target),
         }
 
-    output = _commit(ctx, store)
+    output = commit(ctx, store)
     # The file is written after the commit, from the stored map, so that a failed attempt
     # leaves no file behind; a repeated delivery writes it again.
-    _write_map(ctx.saga_id, Path(output["map_path"]))
+    write_map(ctx.saga_id, Path(output["map_path"]))
     logger.info(
         "map integrated: coverage %.3f, accuracy %.3f, %s",
         output["coverage"],
@@ -251,17 +214,6 @@ def integrate_maps(ctx: StepContext) -> Any:
         output["map_path"],
     )
     return output
-
-
-def _write_map(saga_id: str, target: Path) -> None:
-    with get_engine().connect() as conn:
-        png = conn.execute(sa.select(maps.c.png).where(maps.c.saga_id == saga_id)).scalar()
-    if png is None:
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(f".{os.getpid()}.part")
-    partial.write_bytes(png)
-    partial.replace(target)
 
 
 @saga_task("mapping.rollback")
@@ -272,7 +224,7 @@ def rollback_map(ctx: StepContext) -> Any:
         deleted = conn.execute(maps.delete().where(maps.c.saga_id == ctx.saga_id)).rowcount
         return {"deleted": deleted}
 
-    output = _commit(ctx, delete)
+    output = commit(ctx, delete)
     stored = (ctx.results.get(ctx.step) or {}).get("map_path")
     for path in {map_path(ctx.saga_id), *([Path(stored)] if stored else [])}:
         path.unlink(missing_ok=True)

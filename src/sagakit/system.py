@@ -25,7 +25,7 @@ class System:
 
     def __init__(self, settings: Settings | None = None, *, migrate: bool = True) -> None:
         self.settings = settings or load_settings()
-        self.sagas = discover(self.settings.imports)
+        self.sagas = discover([*self.settings.imports, "sagakit.bench"])
         self.celery = make_celery(self.settings.broker_url,
                                   visibility_timeout=self.settings.visibility_timeout)
         self._check_timeouts()

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from examples.slam import db, fleet
 from examples.slam.faults import Faults
 from examples.slam.saga import UNDO_RETRY, MissionInput
+
 from sagakit import InvalidInput, NonRetryableError, Settings, StepContext, System
 from sagakit.idempotency import once
 from sagakit.store.records import SagaRecord
@@ -48,15 +49,27 @@ class Mission:
         return [robot for robot in fleet.list_fleet(self.db) if robot["held_by"] is not None]
 
 
-@pytest.fixture
-def mission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mission]:
+def _system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> System:
     url = f"sqlite:///{tmp_path}/slam.db"
     monkeypatch.setenv("SLAM_DATABASE_URL", url)
     monkeypatch.setenv("SLAM_OUTPUT_DIR", str(tmp_path / "maps"))
     monkeypatch.delenv("SLAM_FLEET_SIZE", raising=False)
-    settings = Settings(database_url=url, imports=["examples.slam"], sweep_interval=0.2)
-    with System(settings) as system:
+    return System(Settings(database_url=url, imports=["examples.slam"], sweep_interval=0.2))
+
+
+@pytest.fixture
+def mission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mission]:
+    """Sagas run on an embedded worker (stopping it takes about two seconds)."""
+    with _system(tmp_path, monkeypatch) as system:
         system.start_embedded()
+        yield Mission(system, tmp_path / "maps")
+    db.dispose_engines()
+
+
+@pytest.fixture
+def idle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mission]:
+    """The same system without a worker, for what needs no saga to run."""
+    with _system(tmp_path, monkeypatch) as system:
         yield Mission(system, tmp_path / "maps")
     db.dispose_engines()
 
@@ -128,8 +141,11 @@ def test_a_transient_failure_is_retried(mission: Mission) -> None:
     record = mission.run(faults={"transient": {"plan_routes": 2}})
 
     assert record.status == "completed", record.reason
-    attempts = [h.attempt for h in mission.engine.history(record.saga_id)
-                if h.step == "plan_routes" and h.event in ("step_failed", "step_completed")]
+    attempts = [
+        h.attempt
+        for h in mission.engine.history(record.saga_id)
+        if h.step == "plan_routes" and h.event in ("step_failed", "step_completed")
+    ]
     assert attempts == [1, 2, 3]
     assert mission.events(record.saga_id, "step_failed").count("plan_routes") == 2
     assert mission.count(db.plans) == 1  # the failed attempts left nothing behind
@@ -166,10 +182,10 @@ def test_an_exhausted_compensation_fails_the_saga(mission: Mission) -> None:
     ],
 )
 def test_invalid_input_is_refused_naming_the_field(
-    mission: Mission, fields: dict[str, Any], where: str
+    idle: Mission, fields: dict[str, Any], where: str
 ) -> None:
     with pytest.raises(InvalidInput) as caught:
-        mission.engine.start("slam", {"robots": 3, "area": "warehouse", **fields})
+        idle.engine.start("slam", {"robots": 3, "area": "warehouse", **fields})
     assert caught.value.field == where
     if "teleport" in str(fields):
         assert "allocate_robots" in caught.value.reason
@@ -211,37 +227,58 @@ def test_fail_rate_is_deterministic_per_saga_and_step() -> None:
     assert 5 < outcomes.count(False) < 35
 
 
-def test_allocation_is_idempotent_on_its_key(mission: Mission) -> None:
+def test_allocation_is_idempotent_on_its_key(idle: Mission) -> None:
     key = "s-idem:allocate_robots:action"
     results = []
     for _ in range(2):
-        with mission.db.begin() as conn:
+        with idle.db.begin() as conn:
             results.append(
                 once(conn, key, lambda c=conn: {"robots": fleet.allocate(c, "s-idem", 2)})
             )
     assert results[0] == results[1]
     assert [r["id"] for r in results[0]["robots"]] == [1, 2]
-    assert fleet.held_by(mission.db, "s-idem") == [1, 2]
-    assert mission.count(db.allocations) == 2
+    assert fleet.held_by(idle.db, "s-idem") == [1, 2]
+    assert idle.count(db.allocations) == 2
+
+
+def test_release_touches_only_its_own_saga_and_repeats_as_a_no_op(idle: Mission) -> None:
+    with idle.db.begin() as conn:
+        fleet.allocate(conn, "s-mine", 2)
+        fleet.allocate(conn, "s-other", 3)
+    released = []
     for _ in range(2):
-        with mission.db.begin() as conn:
-            fleet.release(conn, "s-idem")
-    assert mission.held() == []
-    assert mission.count(db.allocations, db.allocations.c.released_at.is_(None)) == 0
+        with idle.db.begin() as conn:
+            released.append(fleet.release(conn, "s-mine"))
+    assert released == [[1, 2], []]
+    assert fleet.held_by(idle.db, "s-other") == [3, 4, 5]
+    assert idle.count(db.allocations, db.allocations.c.released_at.is_(None)) == 3
+    assert fleet.allocation_overlaps(idle.db) == []
 
 
-def test_the_database_refuses_a_second_open_allocation(mission: Mission) -> None:
-    with mission.db.begin() as conn:
+def test_the_database_refuses_a_second_open_allocation(idle: Mission) -> None:
+    with idle.db.begin() as conn:
         fleet.allocate(conn, "s-one", 1)
-    with pytest.raises(sa.exc.IntegrityError), mission.db.begin() as conn:
-        conn.execute(db.allocations.insert().values(
-            robot_id=1, saga_id="s-two", allocated_at=db.utcnow(), released_at=None))
-    assert fleet.allocation_overlaps(mission.db) == []
+    insert = db.allocations.insert().values(
+        robot_id=1, saga_id="s-two", allocated_at=db.utcnow(), released_at=None
+    )
+    with pytest.raises(sa.exc.IntegrityError), idle.db.begin() as conn:
+        conn.execute(insert)
+    assert fleet.allocation_overlaps(idle.db) == []
+
+
+def test_a_shortage_changes_nothing(idle: Mission) -> None:
+    with idle.db.begin() as conn:
+        fleet.allocate(conn, "s-first", 6)
+    with pytest.raises(NonRetryableError, match="need 3, 2 free"), idle.db.begin() as conn:
+        fleet.allocate(conn, "s-second", 3)
+    assert fleet.held_by(idle.db, "s-second") == []
+    assert idle.count(db.allocations, db.allocations.c.saga_id == "s-second") == 0
 
 
 def test_concurrent_missions_never_share_a_robot(mission: Mission) -> None:
-    started = [mission.engine.start("slam", {"robots": 3, "area": f"site{i}", "seed": i})
-               for i in range(4)]
+    started = [
+        mission.engine.start("slam", {"robots": 3, "area": f"site{i}", "seed": i}) for i in range(4)
+    ]
     records = [mission.engine.wait(s.saga_id, timeout=40) for s in started]
 
     for record in records:

@@ -23,10 +23,12 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from . import processes, sagas
+    from . import bench, demo, processes, sagas
 
     sagas.register(app)
     processes.register(app)
+    demo.register(app)
+    bench.register(app)
     # Modules named by SAGAKIT_IMPORTS may add commands (e.g. `sagakit robots`).
     try:
         modules = load_settings().imports

@@ -1,0 +1,75 @@
+"""`sagakit bench`: N sagas of M no-op steps against the configured broker and database."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from contextlib import ExitStack
+from typing import Annotated, Any
+
+import typer
+
+from ..bench import MAX_STEPS
+from ..core.errors import InvalidInput
+from ..logs import configure_logging
+from . import render
+from .sagas import open_system
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100), nearest rank."""
+    ordered = sorted(values)
+    index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def register(app: typer.Typer) -> None:
+    """Add `bench` to `app`."""
+
+    @app.command()
+    def bench(
+        sagas: Annotated[int, typer.Option("--sagas", "-n", min=1, max=100_000)] = 200,
+        steps: Annotated[int, typer.Option("--steps", "-m", min=1)] = 4,
+        timeout: Annotated[float, typer.Option(help="Seconds to wait for all sagas.")] = 600.0,
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+    ) -> None:
+        """Start N sagas at once, wait for all, print latency percentiles and sagas/s."""
+        if steps > MAX_STEPS:
+            raise InvalidInput("--steps", f"at most {MAX_STEPS}")
+        configure_logging("WARNING")
+        with ExitStack() as stack:
+            system = open_system(stack, worker=True)
+            engine = system.engine
+            began = time.monotonic()
+            ids = [engine.start(f"bench_{steps}", {}).saga_id for _ in range(sagas)]
+            started = time.monotonic() - began
+            deadline = time.monotonic() + timeout
+            pending = set(ids)
+            while pending and time.monotonic() < deadline:
+                pending = {s for s in pending if not engine.get(s).state.status.settled}
+                time.sleep(0.05)
+            records = [engine.get(s) for s in ids]
+        done = [r for r in records if r.finished_at is not None]
+        latencies = [(r.finished_at - r.created_at).total_seconds() for r in done
+                     if r.finished_at]
+        first = min(r.created_at for r in records)
+        last = max((r.finished_at for r in done if r.finished_at), default=first)
+        elapsed = max((last - first).total_seconds(), 1e-9)
+        result: dict[str, Any] = {
+            "sagas": sagas, "steps": steps, "completed": sum(r.status == "completed"
+                                                              for r in records),
+            "unfinished": len(pending), "start_seconds": round(started, 3),
+            "elapsed_seconds": round(elapsed, 3), "sagas_per_second": round(len(done) / elapsed, 1),
+            "broker": "embedded" if system.settings.embedded else "configured",
+        }
+        if latencies:
+            result.update({f"p{q}_ms": round(percentile(latencies, q) * 1000, 1)
+                           for q in (50, 90, 99)})
+            result["mean_ms"] = round(statistics.fmean(latencies) * 1000, 1)
+        if as_json:
+            typer.echo(json.dumps(result))
+        else:
+            render.console().print_json(data=result)
+        if pending:
+            raise typer.Exit(1)

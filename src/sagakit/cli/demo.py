@@ -1,0 +1,71 @@
+"""`sagakit demo`: three SLAM missions on the embedded default, with their timelines."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from typing import Annotated, Any
+
+import typer
+from rich.rule import Rule
+
+from ..core.errors import SagaError
+from ..logs import configure_logging
+from . import render
+from .sagas import open_system, view_of
+
+MISSIONS: list[tuple[str, dict[str, Any], str]] = [
+    ("a mission that completes", {}, "completed"),
+    ("a mission that fails during exploration", {"fail_at": "explore"}, "compensated"),
+    ("a mission that fails during map integration", {"fail_at": "integrate_maps"},
+     "compensated"),
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add `demo` to `app`."""
+
+    @app.command()
+    def demo(
+        robots: Annotated[int, typer.Option(min=1, max=16)] = 3,
+        area: Annotated[str, typer.Option()] = "warehouse",
+        timeout: Annotated[float, typer.Option(help="Seconds per mission.")] = 120.0,
+    ) -> None:
+        """Run three SLAM missions (one completes, two compensate) and show each timeline."""
+        configure_logging("WARNING")
+        # Injected failures are expected here: keep Celery's tracebacks out of the demo.
+        logging.getLogger("celery.app.trace").setLevel(logging.CRITICAL)
+        console = render.console()
+        outcomes: list[bool] = []
+        with ExitStack() as stack:
+            system = open_system(stack, worker=True)
+            engine = system.engine
+            where = "embedded (SQLite + in-process worker)" if system.settings.embedded \
+                else "configured broker and database"
+            console.print(f"sagakit demo: saga log {system.settings.database_url}, {where}")
+            for title, extra, expected in MISSIONS:
+                console.print(Rule(title))
+                data = {"robots": robots, "area": area, **extra}
+                saga_id = engine.start("slam", data).saga_id
+                engine.wait(saga_id, timeout=timeout)
+                view = view_of(engine, saga_id)
+                console.print(render.saga(view, with_history=False))
+                _explain(console, view)
+                outcomes.append(view["status"] == expected)
+        if not all(outcomes):
+            raise SagaError("a demo mission did not end as expected; see the timelines above")
+        console.print(Rule())
+        console.print("Next: `sagakit list`, `sagakit show ID`, `sagakit run slam --robots 2 "
+                      "--area lab --fail-at plan_routes --wait`.")
+
+
+def _explain(console: Any, view: dict[str, Any]) -> None:
+    undone = [h["step"] for h in view["history"] if h["event"] == "step_compensated"]
+    if undone:
+        console.print("compensated in reverse order: " + " <- ".join(undone))
+    for step in view["steps"]:
+        output = step.get("output") or {}
+        if isinstance(output, dict) and output.get("map_path"):
+            console.print(f"map of the explored world: {output['map_path']} "
+                          f"(coverage {output.get('coverage', 0):.1%}, "
+                          f"accuracy {output.get('accuracy', 0):.1%})")
