@@ -19,6 +19,10 @@ from sagakit import NonRetryableError
 FOREVER = datetime.max.replace(tzinfo=UTC)
 
 
+class RobotsBusy(RuntimeError):
+    """Enough robots are free, but concurrent transactions have some locked: try again."""
+
+
 def allocate(
     conn: sa.Connection, saga_id: str, count: int, now: datetime | None = None
 ) -> list[dict[str, Any]]:
@@ -33,6 +37,8 @@ def allocate(
 
     Raises:
         NonRetryableError: If fewer than `count` robots are free (nothing is changed).
+        RobotsBusy: If enough are free but some are locked by concurrent transactions
+            (PostgreSQL only; retryable, nothing is changed).
     """
     now = now or utcnow()
     free = (
@@ -50,13 +56,14 @@ def allocate(
         .returning(robots.c.id, robots.c.name)
     ).all()
     if len(taken) < count:
-        available = conn.execute(
+        # Raising rolls back the caller's transaction, and with it the partial update.
+        visible = conn.execute(
             sa.select(sa.func.count()).select_from(robots).where(robots.c.held_by.is_(None))
         ).scalar_one()
-        # Raising rolls back the caller's transaction, and with it the partial update.
-        raise NonRetryableError(
-            f"not enough free robots: need {count}, {available + len(taken)} free"
-        )
+        free = visible + len(taken)
+        if free >= count:  # enough robots, but other transactions hold some of their rows
+            raise RobotsBusy(f"robots are busy: need {count}, got {len(taken)} unlocked")
+        raise NonRetryableError(f"not enough free robots: need {count}, {free} free")
     reserved = sorted(
         ({"id": row.id, "name": row.name} for row in taken), key=lambda robot: robot["id"]
     )

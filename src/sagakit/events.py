@@ -42,7 +42,7 @@ class RedisStreamPublisher:
             raise
 
 
-def encode_entry(entry: dict[str, Any]) -> dict[str, str]:
+def encode_entry(entry: dict[str, Any]) -> dict[Any, Any]:
     """Flatten one history entry into stream fields."""
     at = entry.get("at")
     return {

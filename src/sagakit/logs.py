@@ -8,9 +8,12 @@ import logging.config
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
-_context: ContextVar[Mapping[str, Any]] = ContextVar("sagakit_log_context", default={})
+_context: ContextVar[Mapping[str, Any]] = ContextVar(
+    "sagakit_log_context", default=MappingProxyType({})
+)
 _FIELDS = ("saga_id", "step", "attempt")
 
 

@@ -116,11 +116,11 @@ def test_expired_attempts_and_finish(store: SqlSagaStore) -> None:
 def test_list_is_newest_first_and_filtered(store: SqlSagaStore) -> None:
     for i in range(5):
         create(store, f"s{i}", at=NOW + timedelta(seconds=i))
-    assert [r.saga_id for r in store.list(limit=3)] == ["s4", "s3", "s2"]
-    assert [r.saga_id for r in store.list(limit=2, offset=3)] == ["s1", "s0"]
-    after = store.list(created_after=NOW + timedelta(seconds=3))
+    assert [r.saga_id for r in store.list_sagas(limit=3)] == ["s4", "s3", "s2"]
+    assert [r.saga_id for r in store.list_sagas(limit=2, offset=3)] == ["s1", "s0"]
+    after = store.list_sagas(created_after=NOW + timedelta(seconds=3))
     assert [r.saga_id for r in after] == ["s4", "s3"]
-    assert store.list(status="completed") == []
+    assert store.list_sagas(status="completed") == []
     assert store.count_by_status() == {("demo", "pending"): 5}
 
 

@@ -12,8 +12,16 @@ import os
 import time
 from typing import Any
 
-from sagakit import NonRetryableError, Parallel, RetryPolicy, Saga, Step, StepContext, StepKind
-from sagakit import saga_task
+from sagakit import (
+    NonRetryableError,
+    Parallel,
+    RetryPolicy,
+    Saga,
+    Step,
+    StepContext,
+    StepKind,
+    saga_task,
+)
 
 FAST = RetryPolicy(max_attempts=3, initial_interval=0.05, backoff=2.0, max_interval=0.2)
 UNDO = RetryPolicy(max_attempts=3, initial_interval=0.05, backoff=2.0, max_interval=0.2)

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import BaseModel, Field
+from tests.support.recording import FailingDispatcher, RecordingDispatcher, RecordingPublisher
 
 from sagakit import (
     Engine,
@@ -19,7 +20,6 @@ from sagakit import (
 )
 from sagakit.core.machine import StepSucceeded
 from sagakit.store import SqlSagaStore, make_engine, upgrade
-from tests.support.recording import FailingDispatcher, RecordingDispatcher, RecordingPublisher
 
 
 class Order(BaseModel):
@@ -175,7 +175,7 @@ def test_bad_requests_raise_clear_errors(store: SqlSagaStore, clock: Clock) -> N
     engine = make(store, clock)
     with pytest.raises(UnknownSagaType, match="known: two, typed"):
         engine.start("nope", {})
-    with pytest.raises(InvalidInput, match="^input: must be a JSON object"):
+    with pytest.raises(InvalidInput, match=r"^input: must be a JSON object"):
         engine.start("two", [1, 2])  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="saga_id"):
         engine.start("two", {}, saga_id="has space")

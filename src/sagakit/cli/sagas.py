@@ -72,7 +72,7 @@ def follow(engine: Engine, saga_id: str, timeout: float, live: bool) -> dict[str
     return view
 
 
-def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
+def register(app: typer.Typer) -> None:
     """Add the saga commands to `app`."""
 
     @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -135,7 +135,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
         with ExitStack() as stack:
             engine = open_system(stack, worker=False).engine
             views = [summary_view(r) for r in
-                     engine.store.list(status=status, saga_type=saga_type, limit=limit)]
+                     engine.store.list_sagas(status=status, saga_type=saga_type, limit=limit)]
         if as_json:
             typer.echo(json.dumps(views))
         else:

@@ -203,7 +203,7 @@ def _validate(saga: Saga) -> None:
         raise DefinitionError(saga.name, problem)
 
 
-def _find_problem(saga: Saga) -> str | None:  # noqa: C901 - one flat list of rules
+def _find_problem(saga: Saga) -> str | None:
     if not NAME_PATTERN.match(saga.name):
         return f"name {saga.name!r} must match {NAME_PATTERN.pattern}"
     if saga.version < 1:
@@ -215,7 +215,8 @@ def _find_problem(saga: Saga) -> str | None:  # noqa: C901 - one flat list of ru
     seen: set[str] = set()
     sources: set[str] = set()
     phase = StepKind.COMPENSATABLE
-    for index, element in enumerate(saga.steps):
+    elements: tuple[object, ...] = saga.steps  # checked at run time: callers may be untyped
+    for index, element in enumerate(elements):
         if not isinstance(element, Step | Parallel):
             return f"stage {index} is {type(element).__name__}, not a Step or Parallel"
         if isinstance(element, Parallel):
@@ -243,8 +244,8 @@ def _find_problem(saga: Saga) -> str | None:  # noqa: C901 - one flat list of ru
     return None
 
 
-def _step_problem(  # noqa: C901
-    step: Step, seen: set[str], sources: set[str], in_group: bool
+def _step_problem(
+    step: object, seen: set[str], sources: set[str], in_group: bool
 ) -> str | None:
     if not isinstance(step, Step):
         return f"{step!r} is not a Step"
@@ -252,7 +253,8 @@ def _step_problem(  # noqa: C901
         return f"step name {step.name!r} must match {NAME_PATTERN.pattern}"
     if step.name in seen:
         return f"step name {step.name!r} is used twice"
-    if not isinstance(step.kind, StepKind):
+    kind: object = step.kind  # checked at run time: callers may be untyped
+    if not isinstance(kind, StepKind):
         return f"step {step.name!r} kind {step.kind!r} is not a StepKind"
     if not step.action:
         return f"step {step.name!r} has no action task name"

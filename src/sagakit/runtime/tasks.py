@@ -129,7 +129,9 @@ class ReportedError(Exception):
     """An error reported by a worker that could not reach the saga log."""
 
 
-@shared_task(name="sagakit.record_outcome", bind=True, acks_late=True, ignore_result=True)
+@shared_task(  # type: ignore[untyped-decorator]
+    name="sagakit.record_outcome", bind=True, acks_late=True, ignore_result=True
+)
 def record_outcome(self: Any, saga_id: str, task_id: str, worker: str, output: Any = None,
                    error: str | None = None, traceback: str | None = None,
                    retryable: bool = True, timed_out: bool = False) -> None:

@@ -289,7 +289,7 @@ class SqlSagaStore:
             raise SagaNotFound(saga_id)
         return _saga(row)
 
-    def list(
+    def list_sagas(
         self, *, status: str | None = None, saga_type: str | None = None,
         created_after: datetime | None = None, created_before: datetime | None = None,
         limit: int = 50, offset: int = 0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -833,13 +834,16 @@ class Driver:
 
     # -- applying events --
 
-    def apply(self, event: Event) -> Decision:
+    def apply(self, event: Event, note: Callable[[Decision], None] | None = None) -> Decision:
+        """Apply `event`; `note` records what happened before the new commands are checked."""
         before = self.state
         decision = decide(self.saga, before, event)
         assert state_from_dict(state_to_dict(decision.state)) == decision.state
         if decision.ignored:
             assert decision.state == before
             assert decision.commands == ()
+        if note is not None:
+            note(decision)
         for command in decision.commands:
             self.check_command(command)
         self.state = decision.state
@@ -914,28 +918,33 @@ class Driver:
     def deliver_action(self, command: RunTask, event: Event, outcome: str) -> None:
         name = command.step
         status = self.state.status
-        decision = self.apply(event)
-        assert not decision.ignored, f"current outcome ignored: {event}"
         step = self.saga.step(name)
-        if outcome == "success":
-            self.succeeded.add(name)
-            self.effect_order.append(name)
-            self.pivot_done |= step.kind is StepKind.PIVOT
-            return
-        if outcome == "timeout":
-            self.timed_out.add(name)
-        retried = [c for c in decision.commands if c.step == name]
-        retryable = outcome in ("transient", "timeout")
-        used = command.attempt - self.attempt_base[name]
-        budget = step.effective_retry.max_attempts
-        expect_retry = (retryable and status is SagaStatus.RUNNING
-                        and (budget is None or used < budget))
-        assert bool(retried) == expect_retry, f"{name} after {outcome}: retried={retried}"
-        if retried:
-            assert [(c.direction, c.attempt) for c in retried] == [("action", command.attempt + 1)]
-            assert retried[0].delay > 0
-        elif name in self.timed_out:
-            self.effect_order.append(name)  # it may have taken effect: it counts as done
+
+        def note(decision: Decision) -> None:
+            assert not decision.ignored, f"current outcome ignored: {event}"
+            if outcome == "success":
+                self.succeeded.add(name)
+                self.effect_order.append(name)
+                self.pivot_done |= step.kind is StepKind.PIVOT
+                return
+            if outcome == "timeout":
+                self.timed_out.add(name)
+            retried = [c for c in decision.commands
+                       if c.step == name and c.direction == "action"]
+            retryable = outcome in ("transient", "timeout")
+            used = command.attempt - self.attempt_base[name]
+            budget = step.effective_retry.max_attempts
+            expect_retry = (retryable and status is SagaStatus.RUNNING
+                            and (budget is None or used < budget))
+            assert bool(retried) == expect_retry, f"{name} after {outcome}: retried={retried}"
+            if retried:
+                assert [(c.direction, c.attempt) for c in retried] == [
+                    ("action", command.attempt + 1)]
+                assert retried[0].delay > 0
+            elif name in self.timed_out:
+                self.effect_order.append(name)  # it may have taken effect: it counts as done
+
+        self.apply(event, note)
 
     def redeliver(self) -> None:
         command, event = self.delivered[
@@ -1049,21 +1058,29 @@ def test_runs_where_everything_succeeds_complete(shape: Shape) -> None:
     state = SagaState("ok-1", shape.saga.name, 1, shape.input)
     decision = decide(shape.saga, state, SagaStarted())
     queue = list(decision.commands)
-    seen: list[str] = []
+    actions: list[str] = []
+    undone: list[str] = []
     while queue:
         command = queue.pop(0)
-        assert command.direction == "action"
-        seen.append(command.step)
-        decision = decide(shape.saga, decision.state, StepSucceeded(command.step, 1))
+        if command.direction == "action":
+            actions.append(command.step)
+            event: Event = StepSucceeded(command.step, 1)
+        else:
+            undone.append(command.step)
+            event = CompensationSucceeded(command.step, 1)
+        decision = decide(shape.saga, decision.state, event)
+        assert not decision.ignored
         queue.extend(decision.commands)
     final = decision.state
+    assert len(actions) == len(set(actions)) == len(final.steps)
     fans_out = [shape.stage_of[s.name] for s in shape.saga.all_steps() if s.for_each]
     if "items" in shape.input or not fans_out:
         assert final.status is SagaStatus.COMPLETED
-        assert len(seen) == len(set(seen)) == len(final.steps)
         assert all(s.status is StepStatus.SUCCEEDED for s in final.steps)
+        assert undone == []
     elif shape.pivot_stage is not None and min(fans_out) > shape.pivot_stage:
         assert final.status is SagaStatus.FAILED  # past the pivot: an operator decides
+        assert undone == []
     else:
-        assert final.status is SagaStatus.COMPENSATING  # undo commands are in `decision`
-        assert all(c.direction == "compensation" for c in decision.commands)
+        assert final.status is SagaStatus.COMPENSATED
+        assert undone == actions[::-1]
