@@ -49,11 +49,13 @@ class Mission:
         return [robot for robot in fleet.list_fleet(self.db) if robot["held_by"] is not None]
 
 
-def _system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> System:
-    url = f"sqlite:///{tmp_path}/slam.db"
+def _system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str = "", fleet_size: int = 8
+) -> System:
+    url = url or f"sqlite:///{tmp_path}/slam.db"
     monkeypatch.setenv("SLAM_DATABASE_URL", url)
     monkeypatch.setenv("SLAM_OUTPUT_DIR", str(tmp_path / "maps"))
-    monkeypatch.delenv("SLAM_FLEET_SIZE", raising=False)
+    monkeypatch.setenv("SLAM_FLEET_SIZE", str(fleet_size))
     return System(Settings(database_url=url, imports=["examples.slam"], sweep_interval=0.2))
 
 
@@ -102,6 +104,7 @@ def test_happy_path_maps_the_area_and_returns_the_robots(mission: Mission) -> No
         ("allocate_robots", "allocate_robots"),
         ("plan_routes", "plan_routes"),
         ("explore", "explore[2]"),
+        ("explore[1]", "explore[1]"),
         ("integrate_maps", "integrate_maps"),
     ],
 )
@@ -115,8 +118,8 @@ def test_a_failed_step_compensates_what_completed_in_reverse(
     assert "injected" in (record.reason or "")
     completed = mission.events(record.saga_id, "step_completed")
     assert failed_step not in completed
-    if fail_at == "explore":  # the other branches finished before the saga rolled back
-        assert {"explore[0]", "explore[1]"} <= set(completed)
+    if failed_step.startswith("explore"):  # the other branches finished, then were undone
+        assert set(FORWARD[2:]) - set(completed) == {failed_step}
     assert mission.events(record.saga_id, "step_compensated") == completed[::-1]
     assert mission.held() == []
     assert mission.count(db.maps) == 0
@@ -124,6 +127,16 @@ def test_a_failed_step_compensates_what_completed_in_reverse(
     assert mission.count(db.plans) == 0
     assert mission.count(db.scans, db.scans.c.status != "aborted") == 0
     assert mission.count(db.allocations, db.allocations.c.released_at.is_(None)) == 0
+
+
+def test_a_failure_after_the_point_of_no_return_needs_an_operator(mission: Mission) -> None:
+    record = mission.run(fail_at="release_robots")  # top-level, as the CLI sends it
+
+    assert record.status == "failed"
+    assert record.failed_step == "release_robots"
+    assert mission.events(record.saga_id, "step_compensated") == []
+    assert mission.count(db.maps, db.maps.c.saga_id == record.saga_id) == 1
+    assert len(mission.held()) == 3  # still out: an operator decides
 
 
 def test_not_enough_robots_compensates_with_the_reason(mission: Mission) -> None:
@@ -286,3 +299,28 @@ def test_concurrent_missions_never_share_a_robot(mission: Mission) -> None:
     assert any(record.status == "completed" for record in records)
     assert fleet.allocation_overlaps(mission.db) == []
     assert mission.held() == []
+
+
+@pytest.mark.postgres
+def test_concurrent_missions_on_postgresql(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _system(tmp_path, monkeypatch, pg_url, fleet_size=6) as system:
+        system.start_embedded()
+        mission = Mission(system, tmp_path / "maps")
+        started = [
+            mission.engine.start("slam", {"robots": 2, "area": f"dock{i}", "seed": i})
+            for i in range(5)
+        ]
+        started.append(
+            mission.engine.start("slam", {"robots": 2, "area": "dock", "fail_at": "explore"})
+        )
+        records = [mission.engine.wait(s.saga_id, timeout=60) for s in started]
+        for record in records[:-1]:
+            assert record.status == "completed" or "not enough free robots" in (record.reason or "")
+        assert records[-1].status == "compensated"
+        assert any(record.status == "completed" for record in records)
+        assert len(fleet.list_fleet(mission.db)) == 6
+        assert fleet.allocation_overlaps(mission.db) == []
+        assert mission.held() == []
+    db.dispose_engines()

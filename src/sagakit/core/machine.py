@@ -282,15 +282,19 @@ def _enter_stage(saga: Saga, state: SagaState, stage: int) -> Decision:
     if stage >= len(saga.steps):
         return Decision(replace(state, status=SagaStatus.COMPLETED, stage=stage))
     created: list[StepState] = []
-    passes_pivot = False
+    passes_pivot = any(step.kind is StepKind.RETRIABLE for step in saga.stage_steps(stage))
     for step in saga.stage_steps(stage):
-        passes_pivot |= step.kind is StepKind.RETRIABLE
         if step.for_each is None:
             created.append(StepState(step.name, step.name, stage))
             continue
         items = _resolve_items(state, step.for_each)
         if isinstance(items, str):
-            return _begin_compensation(saga, state, f"step {step.name!r}: {items}", step.name)
+            reason = f"step {step.name!r}: {items}"
+            if state.pivot_passed or passes_pivot:
+                # Nothing after the pivot may be undone: stop and wait for an operator.
+                return Decision(replace(state, status=SagaStatus.FAILED, reason=reason,
+                                        failed_step=step.name, pivot_passed=True))
+            return _begin_compensation(saga, state, reason, step.name)
         created.extend(
             StepState(f"{step.name}[{i}]", step.name, stage, i, item)
             for i, item in enumerate(items)
@@ -321,7 +325,11 @@ def _step_succeeded(saga: Saga, state: SagaState, event: StepSucceeded) -> Decis
     pivot = saga.step(st.step).kind is StepKind.PIVOT
     state = replace(state.with_step(done), seq=seq, pivot_passed=state.pivot_passed or pivot)
     if state.status is SagaStatus.COMPENSATING:
-        return _continue_compensation(saga, state)
+        if not pivot:
+            return _continue_compensation(saga, state)
+        # A cancel or deadline was waiting on the pivot, which went through: there is no
+        # way back any more, so the saga runs to completion.
+        state = replace(state, status=SagaStatus.RUNNING, reason=None)
     if state.status is not SagaStatus.RUNNING:
         return Decision(state)
     stage = [s for s in state.steps if s.stage == state.stage]

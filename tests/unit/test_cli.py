@@ -1,0 +1,75 @@
+"""The `sagakit` command line, run as a user would run it (embedded default)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SAGAKIT = str(Path(sys.executable).parent / "sagakit")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "SAGAKIT_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db",
+            "SAGAKIT_IMPORTS": "tests.support.workload", "SAGAKIT_SWEEP_INTERVAL": "0.2"}
+
+
+def sagakit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SAGAKIT, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_run_list_show_round_trip(env: dict[str, str]) -> None:
+    ran = sagakit(env, "run", "linear", "--wait", "--json")
+    assert ran.returncode == 0, ran.stderr
+    saga_id = json.loads(ran.stdout)["id"]
+
+    failed = sagakit(env, "run", "linear", "--input", '{"faults": {"c": ["fail"]}}', "--wait")
+    assert failed.returncode == 1
+    assert "compensated" in failed.stdout
+
+    listed = json.loads(sagakit(env, "list", "--json").stdout)
+    assert [s["status"] for s in listed] == ["compensated", "completed"]
+
+    shown = json.loads(sagakit(env, "show", saga_id, "--json").stdout)
+    assert (shown["id"], shown["type"], shown["status"]) == (saga_id, "linear", "completed")
+    assert [s["name"] for s in shown["steps"]] == ["a", "b", "c", "d"]
+    assert all(len(s["attempts"]) == 1 for s in shown["steps"])
+    assert {"event", "step", "at"} <= set(shown["history"][0])
+    assert [h["event"] for h in shown["history"]][-2:] == ["step_completed", "saga_completed"]
+
+    text = sagakit(env, "show", saga_id)
+    assert "timeline" in text.stdout
+    assert f"{saga_id}.04.d.fwd.1" in text.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["run", "nosuch"], "unknown saga type 'nosuch'"),
+    (["show", "not an id!"], "is not a saga id"),
+    (["show", "0123456789abcdef"], "no saga with id '0123456789abcdef'"),
+    (["cancel", "0123456789abcdef"], "no saga with id"),
+    (["run", "linear", "--input", "{oops"], "--input: not valid JSON"),
+    (["list", "--status", "weird"], "'weird' is not one of"),
+    (["bench", "--steps", "99"], "--steps: at most 8"),
+])
+def test_bad_input_is_one_line_without_traceback(
+    env: dict[str, str], args: list[str], message: str
+) -> None:
+    result = sagakit(env, *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_retry_of_a_saga_that_did_not_fail_is_refused(env: dict[str, str]) -> None:
+    saga_id = json.loads(sagakit(env, "run", "linear", "--wait", "--json").stdout)["id"]
+    result = sagakit(env, "retry", saga_id)
+    assert result.returncode == 2
+    assert "only a failed saga can be retried" in result.stderr
