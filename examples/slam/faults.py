@@ -44,7 +44,7 @@ def branch_of(step: str) -> int | None:
 def _check_name(name: str) -> str:
     if name in STEPS or branch_of(name) is not None:
         return name
-    raise ValueError(f"unknown step {name!r}; valid steps: {', '.join(STEPS)}, explore[i]")
+    raise ValueError(f"unknown step {name!r}; valid steps: {', '.join(STEPS)}, explore[<n>]")
 
 
 class Faults(BaseModel):

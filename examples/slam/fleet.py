@@ -41,7 +41,7 @@ def allocate(
             (PostgreSQL only; retryable, nothing is changed).
     """
     now = now or utcnow()
-    free = (
+    candidates = (
         sa.select(robots.c.id)
         .where(robots.c.held_by.is_(None))
         .order_by(robots.c.id)
@@ -51,7 +51,7 @@ def allocate(
     )
     taken = conn.execute(
         sa.update(robots)
-        .where(robots.c.id.in_(free), robots.c.held_by.is_(None))
+        .where(robots.c.id.in_(candidates), robots.c.held_by.is_(None))
         .values(held_by=saga_id)
         .returning(robots.c.id, robots.c.name)
     ).all()

@@ -206,13 +206,13 @@ def integrate_maps(ctx: StepContext) -> Any:
     output = commit(ctx, store)
     # The file is written after the commit, from the stored map, so that a failed attempt
     # leaves no file behind; a repeated delivery writes it again.
-    write_map(ctx.saga_id, Path(output["map_path"]))
-    logger.info(
-        "map integrated: coverage %.3f, accuracy %.3f, %s",
-        output["coverage"],
-        output["accuracy"],
-        output["map_path"],
-    )
+    if write_map(ctx.saga_id, target):
+        logger.info(
+            "map integrated: coverage %.3f, accuracy %.3f, %s",
+            quality.coverage,
+            quality.accuracy,
+            target,
+        )
     return output
 
 

@@ -182,6 +182,25 @@ def test_an_exhausted_compensation_fails_the_saga(mission: Mission) -> None:
     assert len(mission.held()) == 3
 
 
+def test_an_operator_retry_finishes_the_compensation(mission: Mission) -> None:
+    budget = UNDO_RETRY.max_attempts or 0
+    faults = {"fail_at": "integrate_maps", "compensation_fail": {"plan_routes": budget}}
+    record = mission.run(faults=faults)
+    assert record.status == "failed"
+
+    mission.engine.retry(record.saga_id)
+    record = mission.engine.wait(record.saga_id, timeout=30)
+
+    assert record.status == "compensated", record.reason
+    assert mission.events(record.saga_id, "step_compensated")[-2:] == [
+        "plan_routes",
+        "allocate_robots",
+    ]
+    assert mission.events(record.saga_id, "saga_resumed") == ["plan_routes"]
+    assert mission.held() == []
+    assert mission.count(db.plans) == 0
+
+
 @pytest.mark.parametrize(
     ("fields", "where"),
     [
@@ -245,9 +264,11 @@ def test_allocation_is_idempotent_on_its_key(idle: Mission) -> None:
     results = []
     for _ in range(2):
         with idle.db.begin() as conn:
-            results.append(
-                once(conn, key, lambda c=conn: {"robots": fleet.allocate(c, "s-idem", 2)})
-            )
+
+            def allocate(c: sa.Connection = conn) -> dict[str, Any]:
+                return {"robots": fleet.allocate(c, "s-idem", 2)}
+
+            results.append(once(conn, key, allocate))
     assert results[0] == results[1]
     assert [r["id"] for r in results[0]["robots"]] == [1, 2]
     assert fleet.held_by(idle.db, "s-idem") == [1, 2]

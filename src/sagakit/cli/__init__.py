@@ -8,6 +8,7 @@ import sys
 import typer
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
+from rich.markup import escape
 
 from ..core.errors import SagaError
 from ..settings import load_settings
@@ -54,13 +55,14 @@ def main() -> None:
     try:
         app()
     except SagaError as exc:
-        render.console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True,
-                                          highlight=False)
+        render.console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}",
+                                          markup=True, highlight=False)
         raise SystemExit(2) from None
     except (SettingsError, ValidationError) as exc:
         first = str(exc).strip().splitlines()
-        render.console(stderr=True).print(f"[bold red]error:[/] settings: {' '.join(first[:3])}",
-                                          markup=True, highlight=False)
+        text = escape(" ".join(first[:3]))
+        render.console(stderr=True).print(f"[bold red]error:[/] settings: {text}", markup=True,
+                                          highlight=False)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -43,9 +43,10 @@ def header(view: dict[str, Any]) -> Text:
 def timeline(view: dict[str, Any]) -> Table:
     """Every attempt of every action and compensation, in the order they were scheduled."""
     table = Table(title="timeline", title_justify="left", expand=False)
-    for column in ("step", "kind", "#", "status", "start", "end", "took", "worker", "task id",
-                   "error"):
-        table.add_column(column, overflow="fold")
+    for column in ("step", "kind", "#", "status", "start", "end", "took", "worker"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("task id", no_wrap=True)
+    table.add_column("error", overflow="fold", max_width=48)
     rows = []
     for step in view["steps"]:
         for attempt in step["attempts"] + step["compensations"]:
@@ -103,4 +104,8 @@ def progress(view: dict[str, Any]) -> Table:
 
 def console(*, stderr: bool = False) -> Console:
     """A console that degrades to plain text when not a terminal."""
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=160)
+    import sys
+
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 200
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)

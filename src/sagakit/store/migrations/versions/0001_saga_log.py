@@ -95,6 +95,12 @@ def upgrade() -> None:
         sa.Column("send_count", sa.Integer, nullable=False, server_default="0"),
     )
     op.create_index("ix_sagakit_outbox_due", "sagakit_outbox", ["sent_at", "not_before"])
+    # A service sharing this database may have created it already (sagakit.idempotency).
+    if not sa.inspect(op.get_bind()).has_table("sagakit_idempotency_keys"):
+        _create_idempotency_keys()
+
+
+def _create_idempotency_keys() -> None:
     op.create_table(
         "sagakit_idempotency_keys",
         sa.Column("key", sa.String(300), primary_key=True),

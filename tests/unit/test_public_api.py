@@ -1,0 +1,35 @@
+"""The public surface and the core's purity are deliberate: changing them is a decision."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import sagakit
+
+CORE = Path(sagakit.__file__).parent / "core"
+
+
+def test_public_names_are_a_snapshot() -> None:
+    assert sorted(sagakit.__all__) == sorted([
+        "DefinitionError", "Engine", "InvalidInput", "InvalidTransition", "NonRetryableError",
+        "Parallel", "RetryPolicy", "Saga", "SagaError", "SagaNotFound", "SagaStatus",
+        "Settings", "StartResult", "Step", "StepContext", "StepKind", "StepStatus", "System",
+        "UnknownSagaType", "load_settings", "saga_task",
+    ])
+
+
+def test_the_core_imports_only_the_standard_library_and_itself() -> None:
+    allowed = set(sys.stdlib_module_names)
+    for path in CORE.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
