@@ -18,11 +18,21 @@ def noop(ctx: StepContext) -> dict[str, Any]:
 
 
 def _bench(steps: int) -> Saga:
-    return Saga(f"bench_{steps}", [
-        Step(f"s{i}", "sagakit.bench.noop", "sagakit.bench.noop", queue=BENCH_QUEUE,
-             retry=RetryPolicy(max_attempts=3, initial_interval=0.1), timeout=60.0)
-        for i in range(1, steps + 1)
-    ], description=f"{steps} no-op steps")
+    return Saga(
+        f"bench_{steps}",
+        [
+            Step(
+                f"s{i}",
+                "sagakit.bench.noop",
+                "sagakit.bench.noop",
+                queue=BENCH_QUEUE,
+                retry=RetryPolicy(max_attempts=3, initial_interval=0.1),
+                timeout=60.0,
+            )
+            for i in range(1, steps + 1)
+        ],
+        description=f"{steps} no-op steps",
+    )
 
 
 BENCH_SAGAS = [_bench(m) for m in range(1, MAX_STEPS + 1)]

@@ -197,11 +197,18 @@ class Engine:
         claim = self.store.claim(task_id, worker=worker, now=now, grace=self.timeout_grace)
         if claim is not None and claim.accepted:
             event = "step_started" if claim.direction == "action" else "compensation_started"
-            self._publish([{
-                "saga_id": claim.saga_id, "event": event, "step": claim.step,
-                "attempt": claim.attempt, "detail": {"worker": worker, "task_id": task_id},
-                "at": now,
-            }])
+            self._publish(
+                [
+                    {
+                        "saga_id": claim.saga_id,
+                        "event": event,
+                        "step": claim.step,
+                        "attempt": claim.attempt,
+                        "detail": {"worker": worker, "task_id": task_id},
+                        "at": now,
+                    }
+                ]
+            )
         return claim
 
     def report(
@@ -222,8 +229,9 @@ class Engine:
             if timed_out:
                 event = StepTimedOut(claim.step, claim.attempt)
             elif error is not None:
-                event = StepFailed(claim.step, claim.attempt, text or "", retryable,
-                                   type(error).__name__)
+                event = StepFailed(
+                    claim.step, claim.attempt, text or "", retryable, type(error).__name__
+                )
             else:
                 event = StepSucceeded(claim.step, claim.attempt, _jsonable(output))
         elif error is not None or timed_out:
@@ -231,8 +239,15 @@ class Engine:
         else:
             event = CompensationSucceeded(claim.step, claim.attempt)
         status = "timed_out" if timed_out else ("failed" if error is not None else "succeeded")
-        self.record(claim.saga_id, event, task_id=task_id, attempt_status=status,
-                    output=_jsonable(output), error=text, traceback=traceback)
+        self.record(
+            claim.saga_id,
+            event,
+            task_id=task_id,
+            attempt_status=status,
+            output=_jsonable(output),
+            error=text,
+            traceback=traceback,
+        )
 
     def record(
         self,
@@ -250,8 +265,15 @@ class Engine:
         with self.store.begin() as conn:
             record = self.store.lock(conn, saga_id)
             if task_id is not None and attempt_status is not None:
-                self.store.finish_attempt(conn, task_id, status=attempt_status, now=now,
-                                          output=output, error=error, traceback=traceback)
+                self.store.finish_attempt(
+                    conn,
+                    task_id,
+                    status=attempt_status,
+                    now=now,
+                    output=output,
+                    error=error,
+                    traceback=traceback,
+                )
             saga = self.definition(record.saga_type)
             applied = self._apply(conn, saga, record.state, event, now)
         self._after_commit(applied, now)
@@ -273,27 +295,38 @@ class Engine:
     # --- internals -----------------------------------------------------------------------
 
     def _expire(self, attempt: AttemptRecord) -> int:
-        claim = Claim(attempt.saga_id, attempt.step, attempt.direction, attempt.attempt,
-                      True, attempt.status)
-        logger.warning("attempt timed out", extra={"saga_id": attempt.saga_id,
-                                                   "step": attempt.step,
-                                                   "attempt": attempt.attempt})
+        claim = Claim(
+            attempt.saga_id, attempt.step, attempt.direction, attempt.attempt, True, attempt.status
+        )
+        logger.warning(
+            "attempt timed out",
+            extra={"saga_id": attempt.saga_id, "step": attempt.step, "attempt": attempt.attempt},
+        )
         self.report(claim, attempt.task_id, timed_out=True)
         return 1
 
-    def _apply(self, conn: sa.Connection, saga: Saga, state: SagaState, event: Event,
-               now: datetime) -> _Applied:
+    def _apply(
+        self, conn: sa.Connection, saga: Saga, state: SagaState, event: Event, now: datetime
+    ) -> _Applied:
         decision = decide(saga, state, event)
         if decision.ignored:
-            logger.info("outcome ignored", extra={"saga_id": state.saga_id,
-                                                  "step": getattr(event, "step", "-"),
-                                                  "attempt": getattr(event, "attempt", "-")})
+            logger.info(
+                "outcome ignored",
+                extra={
+                    "saga_id": state.saga_id,
+                    "step": getattr(event, "step", "-"),
+                    "attempt": getattr(event, "attempt", "-"),
+                },
+            )
             return _Applied(decision)
         new = decision.state
         self.store.save(conn, new, now=now)
         messages = [self._message(new, command, now) for command in decision.commands]
-        self.store.schedule(conn, [(m, _attempt_fields(c)) for m, c in
-                                   zip(messages, decision.commands, strict=True)], now=now)
+        self.store.schedule(
+            conn,
+            [(m, _attempt_fields(c)) for m, c in zip(messages, decision.commands, strict=True)],
+            now=now,
+        )
         history = _history(state, decision, event, messages, now)
         self.store.append_history(conn, history)
         if state.status != new.status:
@@ -311,7 +344,8 @@ class Engine:
             "attempt": command.attempt,
             "input": dict(state.input),
             "results": {
-                s.name: s.output for s in state.steps
+                s.name: s.output
+                for s in state.steps
                 if s.output is not None and s.status is not StepStatus.RUNNING
             },
         }
@@ -319,8 +353,9 @@ class Engine:
             kwargs["item"] = command.item
         time_limit = None if command.timeout is None else command.timeout + self.timeout_grace
         not_before = now + timedelta(seconds=command.delay)
-        return OutboxMessage(state.saga_id, task_id, command.task, command.queue, kwargs,
-                             time_limit, not_before)
+        return OutboxMessage(
+            state.saga_id, task_id, command.task, command.queue, kwargs, time_limit, not_before
+        )
 
     def _after_commit(self, applied: _Applied, now: datetime) -> None:
         self._send([m for m in applied.messages if m.not_before <= now])
@@ -334,8 +369,11 @@ class Engine:
             try:
                 self.dispatcher.send(message)
             except Exception:
-                logger.warning("send failed; the sweeper will retry", exc_info=True,
-                               extra={"saga_id": message.saga_id})
+                logger.warning(
+                    "send failed; the sweeper will retry",
+                    exc_info=True,
+                    extra={"saga_id": message.saga_id},
+                )
                 failed.append(message.task_id)
         if failed:
             self.store.unsend(failed)
@@ -355,12 +393,21 @@ class Engine:
 
 
 def _attempt_fields(command: RunTask) -> dict[str, Any]:
-    return {"step": command.step, "direction": command.direction, "attempt": command.attempt,
-            "timeout": command.timeout}
+    return {
+        "step": command.step,
+        "direction": command.direction,
+        "attempt": command.attempt,
+        "timeout": command.timeout,
+    }
 
 
-def _history(before: SagaState, decision: Decision, event: Event,
-             messages: Sequence[OutboxMessage], now: datetime) -> list[dict[str, Any]]:
+def _history(
+    before: SagaState,
+    decision: Decision,
+    event: Event,
+    messages: Sequence[OutboxMessage],
+    now: datetime,
+) -> list[dict[str, Any]]:
     after = decision.state
     detail: dict[str, Any] = {}
     for name in ("error", "reason"):
@@ -369,30 +416,51 @@ def _history(before: SagaState, decision: Decision, event: Event,
             detail[name] = value
     if isinstance(event, StepFailed):
         detail["retryable"] = event.retryable
-    rows = [{
-        "saga_id": after.saga_id, "event": EVENT_NAMES[type(event)],
-        "from_status": before.status.value, "to_status": after.status.value,
-        "step": getattr(event, "step", None), "attempt": getattr(event, "attempt", None),
-        "detail": detail or None, "at": now,
-    }]
-    for command, message in zip(decision.commands, messages, strict=True):
-        rows.append({
+    rows = [
+        {
             "saga_id": after.saga_id,
-            "event": "step_scheduled" if command.direction == "action"
-            else "compensation_scheduled",
-            "from_status": after.status.value, "to_status": after.status.value,
-            "step": command.step, "attempt": command.attempt,
-            "detail": {"task_id": message.task_id, "queue": command.queue,
-                       "delay": round(command.delay, 3)},
+            "event": EVENT_NAMES[type(event)],
+            "from_status": before.status.value,
+            "to_status": after.status.value,
+            "step": getattr(event, "step", None),
+            "attempt": getattr(event, "attempt", None),
+            "detail": detail or None,
             "at": now,
-        })
+        }
+    ]
+    for command, message in zip(decision.commands, messages, strict=True):
+        rows.append(
+            {
+                "saga_id": after.saga_id,
+                "event": "step_scheduled"
+                if command.direction == "action"
+                else "compensation_scheduled",
+                "from_status": after.status.value,
+                "to_status": after.status.value,
+                "step": command.step,
+                "attempt": command.attempt,
+                "detail": {
+                    "task_id": message.task_id,
+                    "queue": command.queue,
+                    "delay": round(command.delay, 3),
+                },
+                "at": now,
+            }
+        )
     if before.status != after.status and not isinstance(event, SagaStarted):
         name = "saga_resumed" if isinstance(event, RetryRequested) else f"saga_{after.status}"
-        rows.append({
-            "saga_id": after.saga_id, "event": name, "from_status": before.status.value,
-            "to_status": after.status.value, "step": after.failed_step, "attempt": None,
-            "detail": {"reason": after.reason} if after.reason else None, "at": now,
-        })
+        rows.append(
+            {
+                "saga_id": after.saga_id,
+                "event": name,
+                "from_status": before.status.value,
+                "to_status": after.status.value,
+                "step": after.failed_step,
+                "attempt": None,
+                "detail": {"reason": after.reason} if after.reason else None,
+                "at": now,
+            }
+        )
     return rows
 
 

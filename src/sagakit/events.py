@@ -14,8 +14,9 @@ import redis
 class RedisStreamPublisher:
     """XADDs each history entry to the events stream, trimmed approximately to `maxlen`."""
 
-    def __init__(self, client: redis.Redis, stream: str = "sagakit:events",
-                 maxlen: int = 100_000) -> None:
+    def __init__(
+        self, client: redis.Redis, stream: str = "sagakit:events", maxlen: int = 100_000
+    ) -> None:
         self.client = client
         self.stream = stream
         self.maxlen = maxlen

@@ -36,6 +36,7 @@ def once(conn: sa.Connection, key: str, work: Callable[[], T]) -> T | Any:
     if found is not None:
         return found[0]
     result = work()
-    conn.execute(idempotency_keys.insert().values(key=key, result=result,
-                                                  created_at=datetime.now(UTC)))
+    conn.execute(
+        idempotency_keys.insert().values(key=key, result=result, created_at=datetime.now(UTC))
+    )
     return result

@@ -67,15 +67,20 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(saga_id)s %(step)s #%(attem
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Install the saga-aware handler on the root logger."""
-    formatter: dict[str, Any] = (
-        {"()": JsonFormatter} if fmt == "json" else {"format": TEXT_FORMAT}
+    formatter: dict[str, Any] = {"()": JsonFormatter} if fmt == "json" else {"format": TEXT_FORMAT}
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "filters": {"saga": {"()": ContextFilter}},
+            "formatters": {"default": formatter},
+            "handlers": {
+                "stderr": {
+                    "class": "logging.StreamHandler",
+                    "filters": ["saga"],
+                    "formatter": "default",
+                }
+            },
+            "root": {"handlers": ["stderr"], "level": level.upper()},
+        }
     )
-    logging.config.dictConfig({
-        "version": 1,
-        "disable_existing_loggers": False,
-        "filters": {"saga": {"()": ContextFilter}},
-        "formatters": {"default": formatter},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "filters": ["saga"],
-                                "formatter": "default"}},
-        "root": {"handlers": ["stderr"], "level": level.upper()},
-    })

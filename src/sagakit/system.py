@@ -26,8 +26,9 @@ class System:
     def __init__(self, settings: Settings | None = None, *, migrate: bool = True) -> None:
         self.settings = settings or load_settings()
         self.sagas = discover([*self.settings.imports, "sagakit.bench"])
-        self.celery = make_celery(self.settings.broker_url,
-                                  visibility_timeout=self.settings.visibility_timeout)
+        self.celery = make_celery(
+            self.settings.broker_url, visibility_timeout=self.settings.visibility_timeout
+        )
         self._check_timeouts()
         if migrate:
             upgrade(make_engine(self.settings.database_url))
@@ -52,9 +53,9 @@ class System:
     def _build_engine(self) -> Engine:
         events = None
         if self.settings.redis_url:
-            events = RedisStreamPublisher.from_url(self.settings.redis_url,
-                                                   self.settings.events_stream,
-                                                   self.settings.events_maxlen)
+            events = RedisStreamPublisher.from_url(
+                self.settings.redis_url, self.settings.events_stream, self.settings.events_maxlen
+            )
         return Engine(
             SqlSagaStore(make_engine(self.settings.database_url)),
             self.sagas,
@@ -72,14 +73,18 @@ class System:
                 if step.timeout and step.timeout + self.settings.timeout_grace >= (
                     self.settings.visibility_timeout
                 ):
-                    logger.warning("step timeout exceeds the broker visibility timeout",
-                                   extra={"step": step.name})
+                    logger.warning(
+                        "step timeout exceeds the broker visibility timeout",
+                        extra={"step": step.name},
+                    )
 
     def start_embedded(self) -> None:
         """Run an in-process worker and sweeper (embedded default, tests)."""
         if self._embedded is None:
             self._embedded = EmbeddedWorker(
-                self.celery, lambda: self.engine, self.queues,
+                self.celery,
+                lambda: self.engine,
+                self.queues,
                 concurrency=self.settings.worker_concurrency,
                 sweep_interval=self.settings.sweep_interval,
             )

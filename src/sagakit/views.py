@@ -69,22 +69,25 @@ def transition_view(h: TransitionRecord) -> dict[str, Any]:
     }
 
 
-def saga_view(record: SagaRecord, attempts: list[AttemptRecord],
-              history: list[TransitionRecord]) -> dict[str, Any]:
+def saga_view(
+    record: SagaRecord, attempts: list[AttemptRecord], history: list[TransitionRecord]
+) -> dict[str, Any]:
     """Everything about one saga: status, steps with their attempts, history."""
     steps: list[dict[str, Any]] = []
     for st in record.state.steps:
         mine = [a for a in attempts if a.step == st.name]
-        steps.append({
-            "name": st.name,
-            "step": st.step,
-            "status": st.status.value,
-            "item": st.item,
-            "output": st.output,
-            "error": st.error,
-            "attempts": [attempt_view(a) for a in mine if a.direction == "action"],
-            "compensations": [attempt_view(a) for a in mine if a.direction == "compensation"],
-        })
+        steps.append(
+            {
+                "name": st.name,
+                "step": st.step,
+                "status": st.status.value,
+                "item": st.item,
+                "output": st.output,
+                "error": st.error,
+                "attempts": [attempt_view(a) for a in mine if a.direction == "action"],
+                "compensations": [attempt_view(a) for a in mine if a.direction == "compensation"],
+            }
+        )
     return {
         **summary_view(record),
         "input": record.input,

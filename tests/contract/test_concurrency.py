@@ -12,11 +12,14 @@ from sagakit.core.machine import StepSucceeded
 from sagakit.store import SqlSagaStore
 
 BRANCHES = ("b1", "b2", "b3", "b4")
-FANOUT = Saga("race", [
-    Step("a", "svc.a", "svc.undo_a"),
-    Parallel("group", [Step(b, f"svc.{b}", f"svc.undo_{b}") for b in BRANCHES]),
-    Step("d", "svc.d", "svc.undo_d"),
-])
+FANOUT = Saga(
+    "race",
+    [
+        Step("a", "svc.a", "svc.undo_a"),
+        Parallel("group", [Step(b, f"svc.{b}", f"svc.undo_{b}") for b in BRANCHES]),
+        Step("d", "svc.d", "svc.undo_d"),
+    ],
+)
 
 
 @pytest.mark.parametrize("sagas", [12])
@@ -38,9 +41,12 @@ def test_simultaneous_branch_outcomes_advance_the_saga_exactly_once(
     def finish(saga_id: str, branch: str) -> None:
         try:
             barrier.wait(timeout=30)
-            engine.record(saga_id, StepSucceeded(branch, 1, {"branch": branch}),
-                          task_id=f"{saga_id}.0{BRANCHES.index(branch) + 2}.{branch}.fwd.1",
-                          attempt_status="succeeded")
+            engine.record(
+                saga_id,
+                StepSucceeded(branch, 1, {"branch": branch}),
+                task_id=f"{saga_id}.0{BRANCHES.index(branch) + 2}.{branch}.fwd.1",
+                attempt_status="succeeded",
+            )
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
@@ -61,5 +67,4 @@ def test_simultaneous_branch_outcomes_advance_the_saga_exactly_once(
         assert orders == [2, 3, 4, 5]
         completed = [h for h in store.history(saga_id) if h.event == "step_completed"]
         assert len(completed) == 1 + len(BRANCHES)
-        assert all(a.status == "succeeded" for a in store.attempts(saga_id)
-                   if a.step in BRANCHES)
+        assert all(a.status == "succeeded" for a in store.attempts(saga_id) if a.step in BRANCHES)

@@ -22,19 +22,20 @@ def state(saga_id: str = "s1", saga_type: str = "demo") -> SagaState:
 
 
 def message(saga_id: str, task_id: str, not_before: datetime = NOW) -> OutboxMessage:
-    return OutboxMessage(saga_id, task_id, "svc.do", "svc", {"saga_id": saga_id}, 10.0,
-                         not_before)
+    return OutboxMessage(saga_id, task_id, "svc.do", "svc", {"saga_id": saga_id}, 10.0, not_before)
 
 
 def attempt(step: str = "a", n: int = 1) -> dict[str, object]:
     return {"step": step, "direction": "action", "attempt": n, "timeout": 10.0}
 
 
-def create(store: SqlSagaStore, saga_id: str = "s1", key: str | None = None,
-           at: datetime = NOW) -> str | None:
+def create(
+    store: SqlSagaStore, saga_id: str = "s1", key: str | None = None, at: datetime = NOW
+) -> str | None:
     with store.begin() as conn:
-        return store.insert_saga(conn, state(saga_id), idempotency_key=key, deadline_at=None,
-                                 now=at)
+        return store.insert_saga(
+            conn, state(saga_id), idempotency_key=key, deadline_at=None, now=at
+        )
 
 
 def test_created_saga_reads_back_with_its_state(store: SqlSagaStore) -> None:
@@ -73,12 +74,17 @@ def test_due_messages_and_redrive(store: SqlSagaStore) -> None:
     create(store)
     later = NOW + timedelta(seconds=5)
     with store.begin() as conn:
-        store.schedule(conn, [(message("s1", "t-now"), attempt("a")),
-                              (message("s1", "t-later", later), attempt("b"))], now=NOW)
+        store.schedule(
+            conn,
+            [
+                (message("s1", "t-now"), attempt("a")),
+                (message("s1", "t-later", later), attempt("b")),
+            ],
+            now=NOW,
+        )
     # Sent right after the commit: not due again until redrive_after has passed.
     assert store.take_due(now=NOW, redrive_after=30, limit=10) == []
-    assert [m.task_id for m in store.take_due(now=later, redrive_after=30, limit=10)] == [
-        "t-later"]
+    assert [m.task_id for m in store.take_due(now=later, redrive_after=30, limit=10)] == ["t-later"]
     redriven = store.take_due(now=NOW + timedelta(seconds=31), redrive_after=30, limit=10)
     assert [m.task_id for m in redriven] == ["t-now"]
 
@@ -127,10 +133,13 @@ def test_list_is_newest_first_and_filtered(store: SqlSagaStore) -> None:
 def test_history_is_append_only_and_ordered(store: SqlSagaStore) -> None:
     create(store)
     with store.begin() as conn:
-        store.append_history(conn, [
-            {"saga_id": "s1", "event": "saga_started", "at": NOW},
-            {"saga_id": "s1", "event": "step_scheduled", "step": "a", "attempt": 1, "at": NOW},
-        ])
+        store.append_history(
+            conn,
+            [
+                {"saga_id": "s1", "event": "saga_started", "at": NOW},
+                {"saga_id": "s1", "event": "step_scheduled", "step": "a", "attempt": 1, "at": NOW},
+            ],
+        )
     assert [h.event for h in store.history("s1")] == ["saga_started", "step_scheduled"]
 
 

@@ -27,15 +27,21 @@ def worker_env(pg_url: str, broker_url: str) -> dict[str, str]:
 
 def client_system(env: dict[str, str]) -> System:
     """A System in the test process: starts sagas and reads the log, runs no worker."""
-    return System(Settings(
-        database_url=env["SAGAKIT_DATABASE_URL"], broker_url=env["SAGAKIT_BROKER_URL"],
-        imports=["tests.support.workload"], redrive_after=4.0, timeout_grace=1.0,
-    ))
+    return System(
+        Settings(
+            database_url=env["SAGAKIT_DATABASE_URL"],
+            broker_url=env["SAGAKIT_BROKER_URL"],
+            imports=["tests.support.workload"],
+            redrive_after=4.0,
+            timeout_grace=1.0,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
-def cluster(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Cluster]:
+def cluster(
+    pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
     workers = Cluster(worker_env(pg_url, redis_url), tmp_path_factory.mktemp("workers"))
     try:
         workers.start("-c", "2")

@@ -17,8 +17,7 @@ from tests.support.redis_server import RedisServer
 
 from sagakit import Engine
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.postgres,
-              pytest.mark.redis]
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.postgres, pytest.mark.redis]
 
 
 @pytest.fixture
@@ -60,12 +59,16 @@ def test_worker_killed_mid_step_does_not_lose_the_saga(
     assert [(a.attempt, a.status) for a in b] == [(1, "timed_out"), (2, "succeeded")]
     assert steps_with(engine, saga_id, "step_timed_out") == ["b"]
     with capsys.disabled():
-        print(f"\nrecovery after SIGKILL mid-step: {recovery:.1f}s "
-              f"(step timeout {b[0].timeout}s + grace 1s + sweep 0.3s)")
+        print(
+            f"\nrecovery after SIGKILL mid-step: {recovery:.1f}s "
+            f"(step timeout {b[0].timeout}s + grace 1s + sweep 0.3s)"
+        )
 
 
 def test_redis_restart_dropping_queued_messages_does_not_lose_sagas(
-    engine: Engine, cluster: Cluster, redis_server: RedisServer,
+    engine: Engine,
+    cluster: Cluster,
+    redis_server: RedisServer,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     cluster.start("-c", "1")
@@ -82,9 +85,12 @@ def test_redis_restart_dropping_queued_messages_does_not_lose_sagas(
     for saga_id in ids:
         assert engine.wait(saga_id, timeout=90).status == "completed", cluster.logs()
     recovery = time.monotonic() - restarted_at
-    resent = sum(1 for saga_id in ids[1:]
-                 if any(h.event == "step_started" for h in engine.history(saga_id)))
+    resent = sum(
+        1 for saga_id in ids[1:] if any(h.event == "step_started" for h in engine.history(saga_id))
+    )
     assert resent == 5
     with capsys.disabled():
-        print(f"\nrecovery after a Redis restart that dropped 5 queued messages: "
-              f"{recovery:.1f}s (redrive_after 4s, sweep 0.3s)")
+        print(
+            f"\nrecovery after a Redis restart that dropped 5 queued messages: "
+            f"{recovery:.1f}s (redrive_after 4s, sweep 0.3s)"
+        )

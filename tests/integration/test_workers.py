@@ -14,8 +14,13 @@ from sagakit import Engine, InvalidTransition
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 
 
-def run(engine: Engine, saga_type: str, faults: dict[str, list[str]] | None = None,
-        timeout: float = 60.0, **extra: object) -> str:
+def run(
+    engine: Engine,
+    saga_type: str,
+    faults: dict[str, list[str]] | None = None,
+    timeout: float = 60.0,
+    **extra: object,
+) -> str:
     saga_id = engine.start(saga_type, {"faults": faults or {}, **extra}).saga_id
     engine.wait(saga_id, timeout=timeout)
     return saga_id
@@ -30,14 +35,22 @@ def test_four_step_saga_completes_in_order(engine: Engine, cluster: Cluster) -> 
     attempts = engine.attempts(saga_id)
     assert all(a.worker and a.started_at and a.finished_at for a in attempts)
     assert [a.task_id for a in attempts] == [
-        f"{saga_id}.01.a.fwd.1", f"{saga_id}.02.b.fwd.1",
-        f"{saga_id}.03.c.fwd.1", f"{saga_id}.04.d.fwd.1",
+        f"{saga_id}.01.a.fwd.1",
+        f"{saga_id}.02.b.fwd.1",
+        f"{saga_id}.03.c.fwd.1",
+        f"{saga_id}.04.d.fwd.1",
     ]
 
 
-@pytest.mark.parametrize(("failing", "undone"), [
-    ("a", []), ("b", ["a"]), ("c", ["b", "a"]), ("d", ["c", "b", "a"]),
-])
+@pytest.mark.parametrize(
+    ("failing", "undone"),
+    [
+        ("a", []),
+        ("b", ["a"]),
+        ("c", ["b", "a"]),
+        ("d", ["c", "b", "a"]),
+    ],
+)
 def test_failure_at_each_step_compensates_earlier_steps_in_reverse(
     engine: Engine, failing: str, undone: list[str]
 ) -> None:
@@ -63,7 +76,10 @@ def test_transient_failures_are_retried_and_recorded_as_attempts(engine: Engine)
     assert engine.get(saga_id).status == "completed"
     b_attempts = [a for a in engine.attempts(saga_id) if a.step == "b"]
     assert [(a.attempt, a.status) for a in b_attempts] == [
-        (1, "failed"), (2, "failed"), (3, "succeeded")]
+        (1, "failed"),
+        (2, "failed"),
+        (3, "succeeded"),
+    ]
     assert "flaked on attempt 1" in (b_attempts[0].error or "")
     assert "Traceback" in (b_attempts[0].traceback or "")
     assert steps_with(engine, saga_id, "step_failed") == ["b", "b"]
@@ -87,8 +103,11 @@ def test_failed_compensation_needs_an_operator_then_retry_resumes(
     assert record.status == "compensated"
     assert steps_with(engine, saga_id, "step_compensated") == ["c", "b", "a"]
     assert "saga_resumed" in [h.event for h in engine.history(saga_id)]
-    b_undo = [a.attempt for a in engine.attempts(saga_id)
-              if a.step == "b" and a.direction == "compensation"]
+    b_undo = [
+        a.attempt
+        for a in engine.attempts(saga_id)
+        if a.step == "b" and a.direction == "compensation"
+    ]
     assert b_undo == [1, 2, 3, 4]
 
 
@@ -130,8 +149,9 @@ def test_retriable_step_after_pivot_is_retried_until_it_succeeds(engine: Engine)
 
 
 def test_fan_out_over_input_items(engine: Engine) -> None:
-    saga_id = run(engine, "mapped", {"each[1]": ["fail"], "each[0]": ["slow:0.5"]},
-                  items=["x", "y", "z"])
+    saga_id = run(
+        engine, "mapped", {"each[1]": ["fail"], "each[0]": ["slow:0.5"]}, items=["x", "y", "z"]
+    )
     assert engine.get(saga_id).status == "compensated"
     compensated = assert_compensated_in_reverse(engine, saga_id)
     assert set(compensated) == {"a", "each[0]", "each[2]"}

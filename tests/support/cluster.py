@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SAGAKIT = str(Path(sys.executable).parent / "sagakit")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.05) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
     """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -44,13 +45,19 @@ class Cluster:
         handle = log.open("wb")
         proc = subprocess.Popen(
             [SAGAKIT, "worker", "--hostname", f"{name}@%h", *args],
-            cwd=ROOT, env=self.env, stdout=handle, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=self.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         handle.close()
         self.procs.append(proc)
-        wait_for(lambda: b" ready." in log.read_bytes() or proc.poll() is not None, 60,
-                 f"worker {name} to be ready")
+        wait_for(
+            lambda: b" ready." in log.read_bytes() or proc.poll() is not None,
+            60,
+            f"worker {name} to be ready",
+        )
         if proc.poll() is not None:
             raise AssertionError(f"worker {name} exited:\n{log.read_text()[-3000:]}")
         return proc
@@ -74,5 +81,6 @@ class Cluster:
 
     def logs(self) -> str:
         """Tail of every worker log, for failure messages."""
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}"
-                         for p in sorted(self.logdir.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(self.logdir.glob("*.log"))
+        )

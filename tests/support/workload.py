@@ -30,18 +30,30 @@ TIMEOUT = float(os.environ.get("WORKLOAD_STEP_TIMEOUT", "20"))
 
 def step(name: str, **options: Any) -> Step:
     options.setdefault("compensation", f"work.undo_{name}")
-    return Step(name, action=f"work.{name}", queue="work", retry=FAST, compensation_retry=UNDO,
-                timeout=TIMEOUT, **options)
+    return Step(
+        name,
+        action=f"work.{name}",
+        queue="work",
+        retry=FAST,
+        compensation_retry=UNDO,
+        timeout=TIMEOUT,
+        **options,
+    )
 
 
 linear = Saga("linear", [step("a"), step("b"), step("c"), step("d")])
-fanout = Saga("fanout", [step("a"), Parallel("group", [step("b1"), step("b2"), step("b3")]),
-                         step("d")])
-pivoted = Saga("pivoted", [
-    step("a"), step("b"),
-    step("p", kind=StepKind.PIVOT, compensation=None),
-    step("r", kind=StepKind.RETRIABLE, compensation=None),
-])
+fanout = Saga(
+    "fanout", [step("a"), Parallel("group", [step("b1"), step("b2"), step("b3")]), step("d")]
+)
+pivoted = Saga(
+    "pivoted",
+    [
+        step("a"),
+        step("b"),
+        step("p", kind=StepKind.PIVOT, compensation=None),
+        step("r", kind=StepKind.RETRIABLE, compensation=None),
+    ],
+)
 mapped = Saga("mapped", [step("a"), step("each", for_each="input.items"), step("d")])
 noop = Saga("noop", [step(f"s{i}") for i in range(4)])
 

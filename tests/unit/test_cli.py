@@ -16,13 +16,24 @@ SAGAKIT = str(Path(sys.executable).parent / "sagakit")
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "SAGAKIT_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db",
-            "SAGAKIT_IMPORTS": "tests.support.workload", "SAGAKIT_SWEEP_INTERVAL": "0.2"}
+    return {
+        **os.environ,
+        "SAGAKIT_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db",
+        "SAGAKIT_IMPORTS": "tests.support.workload",
+        "SAGAKIT_SWEEP_INTERVAL": "0.2",
+    }
 
 
 def sagakit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SAGAKIT, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [SAGAKIT, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_run_list_show_round_trip(env: dict[str, str]) -> None:
@@ -49,15 +60,18 @@ def test_run_list_show_round_trip(env: dict[str, str]) -> None:
     assert f"{saga_id}.04.d.fwd.1" in text.stdout
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["run", "nosuch"], "unknown saga type 'nosuch'"),
-    (["show", "not an id!"], "is not a saga id"),
-    (["show", "0123456789abcdef"], "no saga with id '0123456789abcdef'"),
-    (["cancel", "0123456789abcdef"], "no saga with id"),
-    (["run", "linear", "--input", "{oops"], "--input: not valid JSON"),
-    (["list", "--status", "weird"], "'weird' is not one of"),
-    (["bench", "--steps", "99"], "--steps: at most 8"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "nosuch"], "unknown saga type 'nosuch'"),
+        (["show", "not an id!"], "is not a saga id"),
+        (["show", "0123456789abcdef"], "no saga with id '0123456789abcdef'"),
+        (["cancel", "0123456789abcdef"], "no saga with id"),
+        (["run", "linear", "--input", "{oops"], "--input: not valid JSON"),
+        (["list", "--status", "weird"], "'weird' is not one of"),
+        (["bench", "--steps", "99"], "--steps: at most 8"),
+    ],
+)
 def test_bad_input_is_one_line_without_traceback(
     env: dict[str, str], args: list[str], message: str
 ) -> None:

@@ -14,8 +14,9 @@ from sagakit.logs import TEXT_FORMAT, ContextFilter
 
 @pytest.fixture
 def system(sqlite_url: str) -> System:
-    settings = Settings(database_url=sqlite_url, imports=["tests.support.workload"],
-                        sweep_interval=0.2)
+    settings = Settings(
+        database_url=sqlite_url, imports=["tests.support.workload"], sweep_interval=0.2
+    )
     with System(settings) as running:
         running.start_embedded()
         yield running

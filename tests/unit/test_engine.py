@@ -28,8 +28,14 @@ class Order(BaseModel):
 
 
 RETRY = RetryPolicy(max_attempts=2, initial_interval=1.0, jitter=0.0)
-TWO = Saga("two", [Step("a", "svc.a", "svc.undo_a", timeout=10.0, retry=RETRY),
-                   Step("b", "svc.b", "svc.undo_b", timeout=10.0, retry=RETRY)], timeout=60.0)
+TWO = Saga(
+    "two",
+    [
+        Step("a", "svc.a", "svc.undo_a", timeout=10.0, retry=RETRY),
+        Step("b", "svc.b", "svc.undo_b", timeout=10.0, retry=RETRY),
+    ],
+    timeout=60.0,
+)
 TYPED = Saga("typed", [Step("a", "svc.a", "svc.undo_a")], input_model=Order)
 
 
@@ -56,10 +62,21 @@ def store(sqlite_url: str) -> SqlSagaStore:
     return SqlSagaStore(engine)
 
 
-def make(store: SqlSagaStore, clock: Clock, dispatcher: RecordingDispatcher | None = None,
-         publisher: RecordingPublisher | None = None) -> Engine:
-    return Engine(store, {"two": TWO, "typed": TYPED}, dispatcher or RecordingDispatcher(),
-                  events=publisher, clock=clock, redrive_after=30.0, timeout_grace=1.0)
+def make(
+    store: SqlSagaStore,
+    clock: Clock,
+    dispatcher: RecordingDispatcher | None = None,
+    publisher: RecordingPublisher | None = None,
+) -> Engine:
+    return Engine(
+        store,
+        {"two": TWO, "typed": TYPED},
+        dispatcher or RecordingDispatcher(),
+        events=publisher,
+        clock=clock,
+        redrive_after=30.0,
+        timeout_grace=1.0,
+    )
 
 
 def complete(engine: Engine, task_id: str, output: object = None) -> None:
@@ -77,8 +94,14 @@ def test_start_sends_the_first_step_with_a_readable_task_id(
     [message] = dispatcher.sent
     assert message.task_id == f"{saga_id}.01.a.fwd.1"
     assert (message.task_name, message.queue) == ("svc.a", "celery")
-    assert message.kwargs == {"saga_id": saga_id, "saga_type": "two", "step": "a",
-                              "attempt": 1, "input": {"x": 1}, "results": {}}
+    assert message.kwargs == {
+        "saga_id": saga_id,
+        "saga_type": "two",
+        "step": "a",
+        "attempt": 1,
+        "input": {"x": 1},
+        "results": {},
+    }
     assert message.time_limit == 11.0
     complete(engine, message.task_id, {"made": "a"})
     assert dispatcher.sent[-1].kwargs["results"] == {"a": {"made": "a"}}
@@ -166,8 +189,13 @@ def test_every_transition_is_published(store: SqlSagaStore, clock: Clock) -> Non
     saga_id = engine.start("two", {}).saga_id
     complete(engine, dispatcher.sent[0].task_id)
     events = [e["event"] for e in publisher.entries]
-    assert events == ["saga_started", "step_scheduled", "step_started", "step_completed",
-                      "step_scheduled"]
+    assert events == [
+        "saga_started",
+        "step_scheduled",
+        "step_started",
+        "step_completed",
+        "step_scheduled",
+    ]
     assert [h.event for h in engine.history(saga_id)] == events
 
 

@@ -12,12 +12,31 @@ CORE = Path(sagakit.__file__).parent / "core"
 
 
 def test_public_names_are_a_snapshot() -> None:
-    assert sorted(sagakit.__all__) == sorted([
-        "DefinitionError", "Engine", "InvalidInput", "InvalidTransition", "NonRetryableError",
-        "Parallel", "RetryPolicy", "Saga", "SagaError", "SagaNotFound", "SagaStatus",
-        "Settings", "StartResult", "Step", "StepContext", "StepKind", "StepStatus", "System",
-        "UnknownSagaType", "load_settings", "saga_task",
-    ])
+    assert sorted(sagakit.__all__) == sorted(
+        [
+            "DefinitionError",
+            "Engine",
+            "InvalidInput",
+            "InvalidTransition",
+            "NonRetryableError",
+            "Parallel",
+            "RetryPolicy",
+            "Saga",
+            "SagaError",
+            "SagaNotFound",
+            "SagaStatus",
+            "Settings",
+            "StartResult",
+            "Step",
+            "StepContext",
+            "StepKind",
+            "StepStatus",
+            "System",
+            "UnknownSagaType",
+            "load_settings",
+            "saga_task",
+        ]
+    )
 
 
 def test_the_core_imports_only_the_standard_library_and_itself() -> None:

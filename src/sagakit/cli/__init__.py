@@ -55,14 +55,16 @@ def main() -> None:
     try:
         app()
     except SagaError as exc:
-        render.console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}",
-                                          markup=True, highlight=False)
+        render.console(stderr=True).print(
+            f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False
+        )
         raise SystemExit(2) from None
     except (SettingsError, ValidationError) as exc:
         first = str(exc).strip().splitlines()
         text = escape(" ".join(first[:3]))
-        render.console(stderr=True).print(f"[bold red]error:[/] settings: {text}", markup=True,
-                                          highlight=False)
+        render.console(stderr=True).print(
+            f"[bold red]error:[/] settings: {text}", markup=True, highlight=False
+        )
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

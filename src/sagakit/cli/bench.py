@@ -51,21 +51,24 @@ def register(app: typer.Typer) -> None:
                 time.sleep(0.05)
             records = [engine.get(s) for s in ids]
         done = [r for r in records if r.finished_at is not None]
-        latencies = [(r.finished_at - r.created_at).total_seconds() for r in done
-                     if r.finished_at]
+        latencies = [(r.finished_at - r.created_at).total_seconds() for r in done if r.finished_at]
         first = min(r.created_at for r in records)
         last = max((r.finished_at for r in done if r.finished_at), default=first)
         elapsed = max((last - first).total_seconds(), 1e-9)
         result: dict[str, Any] = {
-            "sagas": sagas, "steps": steps, "completed": sum(r.status == "completed"
-                                                              for r in records),
-            "unfinished": len(pending), "start_seconds": round(started, 3),
-            "elapsed_seconds": round(elapsed, 3), "sagas_per_second": round(len(done) / elapsed, 1),
+            "sagas": sagas,
+            "steps": steps,
+            "completed": sum(r.status == "completed" for r in records),
+            "unfinished": len(pending),
+            "start_seconds": round(started, 3),
+            "elapsed_seconds": round(elapsed, 3),
+            "sagas_per_second": round(len(done) / elapsed, 1),
             "broker": "embedded" if system.settings.embedded else "configured",
         }
         if latencies:
-            result.update({f"p{q}_ms": round(percentile(latencies, q) * 1000, 1)
-                           for q in (50, 90, 99)})
+            result.update(
+                {f"p{q}_ms": round(percentile(latencies, q) * 1000, 1) for q in (50, 90, 99)}
+            )
             result["mean_ms"] = round(statistics.fmean(latencies) * 1000, 1)
         if as_json:
             typer.echo(json.dumps(result))

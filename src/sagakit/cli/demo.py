@@ -17,8 +17,7 @@ from .sagas import open_system, view_of
 MISSIONS: list[tuple[str, dict[str, Any], str]] = [
     ("a mission that completes", {}, "completed"),
     ("a mission that fails during exploration", {"fail_at": "explore"}, "compensated"),
-    ("a mission that fails during map integration", {"fail_at": "integrate_maps"},
-     "compensated"),
+    ("a mission that fails during map integration", {"fail_at": "integrate_maps"}, "compensated"),
 ]
 
 
@@ -40,8 +39,11 @@ def register(app: typer.Typer) -> None:
         with ExitStack() as stack:
             system = open_system(stack, worker=True)
             engine = system.engine
-            where = "embedded (SQLite + in-process worker)" if system.settings.embedded \
+            where = (
+                "embedded (SQLite + in-process worker)"
+                if system.settings.embedded
                 else "configured broker and database"
+            )
             console.print(f"sagakit demo: saga log {system.settings.database_url}, {where}")
             for title, extra, expected in MISSIONS:
                 console.print(Rule(title))
@@ -55,8 +57,10 @@ def register(app: typer.Typer) -> None:
         if not all(outcomes):
             raise SagaError("a demo mission did not end as expected; see the timelines above")
         console.print(Rule())
-        console.print("Next: `sagakit list`, `sagakit show ID`, `sagakit run slam --robots 2 "
-                      "--area lab --fail-at plan_routes --wait`.")
+        console.print(
+            "Next: `sagakit list`, `sagakit show ID`, `sagakit run slam --robots 2 "
+            "--area lab --fail-at plan_routes --wait`."
+        )
 
 
 def _explain(console: Any, view: dict[str, Any]) -> None:
@@ -66,6 +70,8 @@ def _explain(console: Any, view: dict[str, Any]) -> None:
     for step in view["steps"]:
         output = step.get("output") or {}
         if isinstance(output, dict) and output.get("map_path"):
-            console.print(f"map of the explored world: {output['map_path']} "
-                          f"(coverage {output.get('coverage', 0):.1%}, "
-                          f"accuracy {output.get('accuracy', 0):.1%})")
+            console.print(
+                f"map of the explored world: {output['map_path']} "
+                f"(coverage {output.get('coverage', 0):.1%}, "
+                f"accuracy {output.get('accuracy', 0):.1%})"
+            )

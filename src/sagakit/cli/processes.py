@@ -28,8 +28,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def worker(
-        queues: Annotated[str | None, typer.Option("--queues", "-Q",
-                          help="Comma-separated queues (default: every saga queue).")] = None,
+        queues: Annotated[
+            str | None,
+            typer.Option(
+                "--queues", "-Q", help="Comma-separated queues (default: every saga queue)."
+            ),
+        ] = None,
         concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 2,
         pool: Annotated[str, typer.Option(help="prefork, threads or solo.")] = "prefork",
         hostname: Annotated[str | None, typer.Option("--hostname", "-n")] = None,
@@ -40,8 +44,9 @@ def register(app: typer.Typer) -> None:
         install_worker_logging(settings)
         configure_logging(settings.log_level, settings.log_format)
         system = System(settings)
-        selected = sorted(system.queues if not queues else
-                          {q.strip() for q in queues.split(",") if q.strip()})
+        selected = sorted(
+            system.queues if not queues else {q.strip() for q in queues.split(",") if q.strip()}
+        )
         if settings.embedded:
             _run_embedded(system)
             return
@@ -57,8 +62,12 @@ def register(app: typer.Typer) -> None:
         signals.worker_ready.connect(start_sweeper, weak=False)
         signals.worker_shutdown.connect(stop_sweeper, weak=False)
         system.celery.Worker(
-            queues=selected, concurrency=concurrency, pool=pool, hostname=hostname,
-            loglevel=settings.log_level, redirect_stdouts=False,
+            queues=selected,
+            concurrency=concurrency,
+            pool=pool,
+            hostname=hostname,
+            loglevel=settings.log_level,
+            redirect_stdouts=False,
         ).start()
 
 

@@ -10,9 +10,16 @@ from rich.table import Table
 from rich.text import Text
 
 STATUS_STYLE = {
-    "pending": "dim", "running": "cyan", "compensating": "yellow", "completed": "green",
-    "compensated": "magenta", "failed": "bold red", "succeeded": "green",
-    "compensation_failed": "bold red", "scheduled": "dim", "timed_out": "red",
+    "pending": "dim",
+    "running": "cyan",
+    "compensating": "yellow",
+    "completed": "green",
+    "compensated": "magenta",
+    "failed": "bold red",
+    "succeeded": "green",
+    "compensation_failed": "bold red",
+    "scheduled": "dim",
+    "timed_out": "red",
 }
 
 
@@ -33,8 +40,13 @@ def _secs(value: float | None) -> str:
 
 def header(view: dict[str, Any]) -> Text:
     """One line: id, type, status, duration, reason."""
-    text = Text.assemble(("saga ", "bold"), (view["id"], "bold"), f"  {view['type']}  ",
-                         styled(view["status"]), f"  {_secs(view.get('duration'))}")
+    text = Text.assemble(
+        ("saga ", "bold"),
+        (view["id"], "bold"),
+        f"  {view['type']}  ",
+        styled(view["status"]),
+        f"  {_secs(view.get('duration'))}",
+    )
     if view.get("reason"):
         text.append(f"\n  reason: {view['reason']}", style="italic")
     return text
@@ -53,9 +65,18 @@ def timeline(view: dict[str, Any]) -> Table:
             rows.append((attempt["scheduled_at"] or "", step["name"], attempt))
     for _, name, a in sorted(rows, key=lambda row: row[0]):
         kind = "action" if a["direction"] == "action" else "compensate"
-        table.add_row(name, kind, str(a["attempt"]), styled(a["status"]),
-                      _clock(a["started_at"]), _clock(a["finished_at"]), _secs(a["duration"]),
-                      a["worker"] or "-", a["task_id"], (a["error"] or "")[:80])
+        table.add_row(
+            name,
+            kind,
+            str(a["attempt"]),
+            styled(a["status"]),
+            _clock(a["started_at"]),
+            _clock(a["finished_at"]),
+            _secs(a["duration"]),
+            a["worker"] or "-",
+            a["task_id"],
+            (a["error"] or "")[:80],
+        )
     return table
 
 
@@ -66,8 +87,13 @@ def history(view: dict[str, Any]) -> Table:
         table.add_column(column)
     for h in view["history"]:
         status = h["to"] if h["from"] == h["to"] else f"{h['from'] or '-'} -> {h['to'] or '-'}"
-        table.add_row(_clock(h["at"]), h["event"], h["step"] or "", str(h["attempt"] or ""),
-                      status if h["to"] else "")
+        table.add_row(
+            _clock(h["at"]),
+            h["event"],
+            h["step"] or "",
+            str(h["attempt"] or ""),
+            status if h["to"] else "",
+        )
     return table
 
 
@@ -85,20 +111,31 @@ def listing(views: list[dict[str, Any]]) -> Table:
     for column in ("id", "type", "status", "created", "took", "reason"):
         table.add_column(column, overflow="fold")
     for v in views:
-        table.add_row(v["id"], v["type"], styled(v["status"]), v["created_at"][:23],
-                      _secs(v["duration"]), (v["reason"] or "")[:70])
+        table.add_row(
+            v["id"],
+            v["type"],
+            styled(v["status"]),
+            v["created_at"][:23],
+            _secs(v["duration"]),
+            (v["reason"] or "")[:70],
+        )
     return table
 
 
 def progress(view: dict[str, Any]) -> Table:
     """Live view of a saga's steps while it runs."""
-    table = Table(title=f"saga {view['id']} ({view['type']}): {view['status']}",
-                  title_justify="left")
+    table = Table(
+        title=f"saga {view['id']} ({view['type']}): {view['status']}", title_justify="left"
+    )
     for column in ("step", "status", "attempts", "compensations"):
         table.add_column(column)
     for step in view["steps"]:
-        table.add_row(step["name"], styled(step["status"]), str(len(step["attempts"])),
-                      str(len(step["compensations"])))
+        table.add_row(
+            step["name"],
+            styled(step["status"]),
+            str(len(step["attempts"])),
+            str(len(step["compensations"])),
+        )
     return table
 
 

@@ -61,8 +61,13 @@ def follow(engine: Engine, saga_id: str, timeout: float, live: bool) -> dict[str
     deadline = time.monotonic() + timeout
     view = view_of(engine, saga_id)
     console = render.console(stderr=True)
-    with Live(render.progress(view), console=console, refresh_per_second=8,
-              transient=True, auto_refresh=live) as display:
+    with Live(
+        render.progress(view),
+        console=console,
+        refresh_per_second=8,
+        transient=True,
+        auto_refresh=live,
+    ) as display:
         while view["status"] not in ("completed", "compensated", "failed"):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"saga {saga_id} still {view['status']} after {timeout}s")
@@ -107,11 +112,15 @@ def register(app: typer.Typer) -> None:
             if system.settings.embedded and not wait:
                 render.console(stderr=True).print(
                     "embedded mode: the saga runs inside this process, so sagakit waits for it "
-                    "(set SAGAKIT_BROKER_URL to run it on separate workers)")
+                    "(set SAGAKIT_BROKER_URL to run it on separate workers)"
+                )
                 wait = True
             if not wait:
-                typer.echo(json.dumps({"id": result.saga_id, "created": result.created})
-                           if as_json else result.saga_id)
+                typer.echo(
+                    json.dumps({"id": result.saga_id, "created": result.created})
+                    if as_json
+                    else result.saga_id
+                )
                 return
             view = follow(engine, result.saga_id, timeout, live=sys.stderr.isatty())
             if as_json:
@@ -134,8 +143,10 @@ def register(app: typer.Typer) -> None:
             raise InvalidInput("--status", f"{status!r} is not one of {', '.join(statuses)}")
         with ExitStack() as stack:
             engine = open_system(stack, worker=False).engine
-            views = [summary_view(r) for r in
-                     engine.store.list_sagas(status=status, saga_type=saga_type, limit=limit)]
+            views = [
+                summary_view(r)
+                for r in engine.store.list_sagas(status=status, saga_type=saga_type, limit=limit)
+            ]
         if as_json:
             typer.echo(json.dumps(views))
         else:

@@ -20,8 +20,12 @@ def state_to_dict(state: SagaState) -> dict[str, Any]:
 def state_from_dict(data: dict[str, Any]) -> SagaState:
     """Rebuild a SagaState from `state_to_dict` output."""
     steps = tuple(
-        StepState(**{**{k: v for k, v in raw.items() if k in _STEP_FIELDS},
-                     "status": StepStatus(raw["status"])})
+        StepState(
+            **{
+                **{k: v for k, v in raw.items() if k in _STEP_FIELDS},
+                "status": StepStatus(raw["status"]),
+            }
+        )
         for raw in data.get("steps", ())
     )
     return SagaState(

@@ -244,9 +244,7 @@ def _find_problem(saga: Saga) -> str | None:
     return None
 
 
-def _step_problem(
-    step: object, seen: set[str], sources: set[str], in_group: bool
-) -> str | None:
+def _step_problem(step: object, seen: set[str], sources: set[str], in_group: bool) -> str | None:
     if not isinstance(step, Step):
         return f"{step!r} is not a Step"
     if not NAME_PATTERN.match(step.name):

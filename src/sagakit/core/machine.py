@@ -229,12 +229,25 @@ def decide(saga: Saga, state: SagaState, event: Event) -> Decision:
             retryable = event.retryable and event.error_type not in (
                 saga.step(event.step).retry.non_retryable if state.find(event.step) else ()
             )
-            return _step_failed(saga, state, event.step, event.attempt, event.error,
-                                retryable=retryable, timed_out=False)
+            return _step_failed(
+                saga,
+                state,
+                event.step,
+                event.attempt,
+                event.error,
+                retryable=retryable,
+                timed_out=False,
+            )
         case StepTimedOut():
-            return _step_failed(saga, state, event.step, event.attempt,
-                                f"attempt {event.attempt} timed out", retryable=True,
-                                timed_out=True)
+            return _step_failed(
+                saga,
+                state,
+                event.step,
+                event.attempt,
+                f"attempt {event.attempt} timed out",
+                retryable=True,
+                timed_out=True,
+            )
         case CompensationSucceeded():
             return _compensation_succeeded(saga, state, event)
         case CompensationFailed():
@@ -254,15 +267,33 @@ def decide(saga: Saga, state: SagaState, event: Event) -> Decision:
 
 def _action(saga: Saga, st: StepState, attempt: int, delay: float) -> RunTask:
     step = saga.step(st.step)
-    return RunTask(st.name, "action", attempt, step.action, step.queue,
-                   saga.position(st.step), delay, step.timeout, st.item)
+    return RunTask(
+        st.name,
+        "action",
+        attempt,
+        step.action,
+        step.queue,
+        saga.position(st.step),
+        delay,
+        step.timeout,
+        st.item,
+    )
 
 
 def _compensation(saga: Saga, st: StepState, attempt: int, delay: float) -> RunTask:
     step = saga.step(st.step)
     assert step.compensation is not None
-    return RunTask(st.name, "compensation", attempt, step.compensation, step.queue,
-                   saga.position(st.step), delay, step.timeout, st.item)
+    return RunTask(
+        st.name,
+        "compensation",
+        attempt,
+        step.compensation,
+        step.queue,
+        saga.position(st.step),
+        delay,
+        step.timeout,
+        st.item,
+    )
 
 
 def _resolve_items(state: SagaState, path: str) -> list[JSON] | str:
@@ -292,23 +323,35 @@ def _enter_stage(saga: Saga, state: SagaState, stage: int) -> Decision:
             reason = f"step {step.name!r}: {items}"
             if state.pivot_passed or passes_pivot:
                 # Nothing after the pivot may be undone: stop and wait for an operator.
-                return Decision(replace(state, status=SagaStatus.FAILED, reason=reason,
-                                        failed_step=step.name, pivot_passed=True))
+                return Decision(
+                    replace(
+                        state,
+                        status=SagaStatus.FAILED,
+                        reason=reason,
+                        failed_step=step.name,
+                        pivot_passed=True,
+                    )
+                )
             return _begin_compensation(saga, state, reason, step.name)
         created.extend(
             StepState(f"{step.name}[{i}]", step.name, stage, i, item)
             for i, item in enumerate(items)
         )
     running = tuple(replace(s, status=StepStatus.RUNNING, attempt=1) for s in created)
-    state = replace(state, stage=stage, steps=state.steps + running,
-                    pivot_passed=state.pivot_passed or passes_pivot)
+    state = replace(
+        state,
+        stage=stage,
+        steps=state.steps + running,
+        pivot_passed=state.pivot_passed or passes_pivot,
+    )
     if not running:
         return _enter_stage(saga, state, stage + 1)
     return Decision(state, tuple(_action(saga, s, 1, 0.0) for s in running))
 
 
-def _current(state: SagaState, name: str, status: StepStatus, attempt: int,
-             compensation: bool = False) -> StepState | None:
+def _current(
+    state: SagaState, name: str, status: StepStatus, attempt: int, compensation: bool = False
+) -> StepState | None:
     st = state.find(name)
     if st is None or st.status is not status:
         return None
@@ -338,8 +381,16 @@ def _step_succeeded(saga: Saga, state: SagaState, event: StepSucceeded) -> Decis
     return Decision(state)
 
 
-def _step_failed(saga: Saga, state: SagaState, name: str, attempt: int, error: str, *,
-                 retryable: bool, timed_out: bool) -> Decision:
+def _step_failed(
+    saga: Saga,
+    state: SagaState,
+    name: str,
+    attempt: int,
+    error: str,
+    *,
+    retryable: bool,
+    timed_out: bool,
+) -> Decision:
     st = _current(state, name, StepStatus.RUNNING, attempt)
     if st is None:
         return Decision(state, ignored=True)
@@ -352,8 +403,9 @@ def _step_failed(saga: Saga, state: SagaState, name: str, attempt: int, error: s
         again = replace(st, attempt=st.attempt + 1, maybe_effect=maybe, error=error)
         return Decision(state.with_step(again), (_action(saga, again, again.attempt, delay),))
     seq = state.seq + 1 if maybe else state.seq
-    failed = replace(st, status=StepStatus.FAILED, maybe_effect=maybe, error=error,
-                     order=seq if maybe else None)
+    failed = replace(
+        st, status=StepStatus.FAILED, maybe_effect=maybe, error=error, order=seq if maybe else None
+    )
     state = replace(state.with_step(failed), seq=seq)
     if state.status is SagaStatus.COMPENSATING:
         return _continue_compensation(saga, state)
@@ -362,15 +414,16 @@ def _step_failed(saga: Saga, state: SagaState, name: str, attempt: int, error: s
     reason = f"step {st.name!r} failed: {error}"
     if state.pivot_passed:
         # Nothing after the pivot may be undone: stop and wait for an operator.
-        return Decision(replace(state, status=SagaStatus.FAILED, reason=reason,
-                                failed_step=st.name))
+        return Decision(
+            replace(state, status=SagaStatus.FAILED, reason=reason, failed_step=st.name)
+        )
     return _begin_compensation(saga, state, reason, st.name)
 
 
-def _begin_compensation(saga: Saga, state: SagaState, reason: str,
-                        failed_step: str | None) -> Decision:
-    state = replace(state, status=SagaStatus.COMPENSATING, reason=reason,
-                    failed_step=failed_step)
+def _begin_compensation(
+    saga: Saga, state: SagaState, reason: str, failed_step: str | None
+) -> Decision:
+    state = replace(state, status=SagaStatus.COMPENSATING, reason=reason, failed_step=failed_step)
     return _continue_compensation(saga, state)
 
 
@@ -378,21 +431,22 @@ def _continue_compensation(saga: Saga, state: SagaState) -> Decision:
     if state.in_flight:
         return Decision(state)
     undo = [
-        s for s in state.steps
+        s
+        for s in state.steps
         if saga.step(s.step).compensation is not None
         and (s.status is StepStatus.SUCCEEDED or (s.status is StepStatus.FAILED and s.maybe_effect))
     ]
     if not undo:
         return Decision(replace(state, status=SagaStatus.COMPENSATED))
     last = max(undo, key=lambda s: s.order or 0)
-    undoing = replace(last, status=StepStatus.COMPENSATING,
-                      compensation_attempt=last.compensation_attempt + 1)
+    undoing = replace(
+        last, status=StepStatus.COMPENSATING, compensation_attempt=last.compensation_attempt + 1
+    )
     command = _compensation(saga, undoing, undoing.compensation_attempt, 0.0)
     return Decision(state.with_step(undoing), (command,))
 
 
-def _compensation_succeeded(saga: Saga, state: SagaState,
-                            event: CompensationSucceeded) -> Decision:
+def _compensation_succeeded(saga: Saga, state: SagaState, event: CompensationSucceeded) -> Decision:
     st = _current(state, event.step, StepStatus.COMPENSATING, event.attempt, compensation=True)
     if st is None:
         return Decision(state, ignored=True)
@@ -413,8 +467,11 @@ def _compensation_failed(saga: Saga, state: SagaState, event: CompensationFailed
         return Decision(state.with_step(again), (command,))
     stuck = replace(st, status=StepStatus.COMPENSATION_FAILED, error=event.error)
     reason = f"compensation of step {st.name!r} failed after {used} attempts: {event.error}"
-    return Decision(replace(state.with_step(stuck), status=SagaStatus.FAILED, reason=reason,
-                            failed_step=st.name))
+    return Decision(
+        replace(
+            state.with_step(stuck), status=SagaStatus.FAILED, reason=reason, failed_step=st.name
+        )
+    )
 
 
 def _cancel(saga: Saga, state: SagaState, reason: str) -> Decision:
@@ -423,29 +480,42 @@ def _cancel(saga: Saga, state: SagaState, reason: str) -> Decision:
     if state.status.settled:
         raise InvalidTransition(state.saga_id, state.status, "cancel", "it has already finished")
     if state.pivot_passed:
-        raise InvalidTransition(state.saga_id, state.status, "cancel",
-                                "it passed its pivot step and will run to completion")
+        raise InvalidTransition(
+            state.saga_id,
+            state.status,
+            "cancel",
+            "it passed its pivot step and will run to completion",
+        )
     return _begin_compensation(saga, state, f"cancelled: {reason}", None)
 
 
 def _retry(saga: Saga, state: SagaState) -> Decision:
     if state.status is not SagaStatus.FAILED:
-        raise InvalidTransition(state.saga_id, state.status, "retry",
-                                "only a failed saga can be retried")
+        raise InvalidTransition(
+            state.saga_id, state.status, "retry", "only a failed saga can be retried"
+        )
     stuck = [s for s in state.steps if s.status is StepStatus.COMPENSATION_FAILED]
     if stuck:
         st = stuck[0]
-        again = replace(st, status=StepStatus.COMPENSATING,
-                        compensation_attempt=st.compensation_attempt + 1,
-                        compensation_base=st.compensation_attempt)
+        again = replace(
+            st,
+            status=StepStatus.COMPENSATING,
+            compensation_attempt=st.compensation_attempt + 1,
+            compensation_base=st.compensation_attempt,
+        )
         state = replace(state.with_step(again), status=SagaStatus.COMPENSATING)
         return Decision(state, (_compensation(saga, again, again.compensation_attempt, 0.0),))
     state = replace(state, status=SagaStatus.RUNNING, reason=None, failed_step=None)
     commands: list[RunTask] = []
     for st in state.steps:
         if st.stage == state.stage and st.status is StepStatus.FAILED:
-            again = replace(st, status=StepStatus.RUNNING, attempt=st.attempt + 1,
-                            attempt_base=st.attempt, order=None)
+            again = replace(
+                st,
+                status=StepStatus.RUNNING,
+                attempt=st.attempt + 1,
+                attempt_base=st.attempt,
+                order=None,
+            )
             state = state.with_step(again)
             commands.append(_action(saga, again, again.attempt, 0.0))
     if not commands and not state.in_flight:

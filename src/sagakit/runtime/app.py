@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 SAGAKIT_QUEUE = "sagakit"
 
 
-def make_celery(broker_url: str, *, visibility_timeout: float = 3600.0,
-                name: str = "sagakit") -> Any:
+def make_celery(
+    broker_url: str, *, visibility_timeout: float = 3600.0, name: str = "sagakit"
+) -> Any:
     """Create the Celery app used by sagakit workers and dispatchers."""
     app = Celery(name, broker=broker_url, set_as_current=False)
     app.conf.update(

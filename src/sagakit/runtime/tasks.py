@@ -64,8 +64,14 @@ def saga_task(name: str, **options: Any) -> Callable[[StepFunction], Any]:
         run.__qualname__ = fn.__qualname__
         run.__doc__ = fn.__doc__
         run.__module__ = fn.__module__
-        return shared_task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True,
-                           ignore_result=True, **options)(run)
+        return shared_task(
+            name=name,
+            bind=True,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            ignore_result=True,
+            **options,
+        )(run)
 
     return decorate
 
@@ -81,8 +87,9 @@ def execute(task: Any, fn: StepFunction, kwargs: dict[str, Any]) -> Any:
             return _execute_remote(task, fn, kwargs, worker)
         claim = engine.claim(task_id, worker)
         if claim is None or not claim.accepted:
-            logger.info("delivery ignored: attempt unknown or already claimed",
-                        extra={"task_id": task_id})
+            logger.info(
+                "delivery ignored: attempt unknown or already claimed", extra={"task_id": task_id}
+            )
             return None
         context = _context(kwargs, claim.direction, task_id)
         try:
@@ -91,8 +98,13 @@ def execute(task: Any, fn: StepFunction, kwargs: dict[str, Any]) -> Any:
             engine.report(claim, task_id, error=exc, timed_out=True)
             raise
         except Exception as exc:
-            engine.report(claim, task_id, error=exc, traceback=traceback.format_exc(),
-                          retryable=not isinstance(exc, NonRetryableError))
+            engine.report(
+                claim,
+                task_id,
+                error=exc,
+                traceback=traceback.format_exc(),
+                retryable=not isinstance(exc, NonRetryableError),
+            )
             raise
         engine.report(claim, task_id, output=output)
         logger.info("attempt succeeded")
@@ -101,27 +113,40 @@ def execute(task: Any, fn: StepFunction, kwargs: dict[str, Any]) -> Any:
 
 def _context(kwargs: Mapping[str, Any], direction: str, task_id: str) -> StepContext:
     return StepContext(
-        saga_id=kwargs["saga_id"], saga_type=kwargs.get("saga_type", ""), step=kwargs["step"],
-        attempt=int(kwargs["attempt"]), direction=direction, input=kwargs.get("input") or {},
-        results=kwargs.get("results") or {}, item=kwargs.get("item"), task_id=task_id,
+        saga_id=kwargs["saga_id"],
+        saga_type=kwargs.get("saga_type", ""),
+        step=kwargs["step"],
+        attempt=int(kwargs["attempt"]),
+        direction=direction,
+        input=kwargs.get("input") or {},
+        results=kwargs.get("results") or {},
+        item=kwargs.get("item"),
+        task_id=task_id,
     )
 
 
 def _execute_remote(task: Any, fn: StepFunction, kwargs: dict[str, Any], worker: str) -> Any:
     direction = "compensation" if ".comp." in task.request.id else "action"
     context = _context(kwargs, direction, task.request.id)
-    report: dict[str, Any] = {"saga_id": context.saga_id, "task_id": task.request.id,
-                              "worker": worker}
+    report: dict[str, Any] = {
+        "saga_id": context.saga_id,
+        "task_id": task.request.id,
+        "worker": worker,
+    }
     try:
         output = fn(context)
     except Exception as exc:
-        report.update(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
-                      retryable=not isinstance(exc, NonRetryableError),
-                      timed_out=isinstance(exc, SoftTimeLimitExceeded))
+        report.update(
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+            retryable=not isinstance(exc, NonRetryableError),
+            timed_out=isinstance(exc, SoftTimeLimitExceeded),
+        )
         task.app.send_task("sagakit.record_outcome", kwargs=report, queue=SAGAKIT_QUEUE)
         raise
-    task.app.send_task("sagakit.record_outcome", kwargs={**report, "output": output},
-                       queue=SAGAKIT_QUEUE)
+    task.app.send_task(
+        "sagakit.record_outcome", kwargs={**report, "output": output}, queue=SAGAKIT_QUEUE
+    )
     return output
 
 
@@ -132,9 +157,17 @@ class ReportedError(Exception):
 @shared_task(  # type: ignore[untyped-decorator]
     name="sagakit.record_outcome", bind=True, acks_late=True, ignore_result=True
 )
-def record_outcome(self: Any, saga_id: str, task_id: str, worker: str, output: Any = None,
-                   error: str | None = None, traceback: str | None = None,
-                   retryable: bool = True, timed_out: bool = False) -> None:
+def record_outcome(
+    self: Any,
+    saga_id: str,
+    task_id: str,
+    worker: str,
+    output: Any = None,
+    error: str | None = None,
+    traceback: str | None = None,
+    retryable: bool = True,
+    timed_out: bool = False,
+) -> None:
     """Record an outcome sent by a service worker without access to the saga log."""
     engine = engine_for(self.app)
     if engine is None:
@@ -145,5 +178,12 @@ def record_outcome(self: Any, saga_id: str, task_id: str, worker: str, output: A
             logger.info("reported outcome ignored: duplicate", extra={"task_id": task_id})
             return
         failure = None if error is None else ReportedError(error)
-        engine.report(claim, task_id, output=output, error=failure, traceback=traceback,
-                      retryable=retryable, timed_out=timed_out)
+        engine.report(
+            claim,
+            task_id,
+            output=output,
+            error=failure,
+            traceback=traceback,
+            retryable=retryable,
+            timed_out=timed_out,
+        )

@@ -43,9 +43,14 @@ class Sweeper:
                 logger.warning("sweep failed; will try again", exc_info=True)
                 continue
             if report.resent or report.timed_out or report.deadlines:
-                logger.info("sweep", extra={"resent": report.resent,
-                                            "timed_out": report.timed_out,
-                                            "deadlines": report.deadlines})
+                logger.info(
+                    "sweep",
+                    extra={
+                        "resent": report.resent,
+                        "timed_out": report.timed_out,
+                        "deadlines": report.deadlines,
+                    },
+                )
 
 
 class _ThreadWorker(WorkController):  # type: ignore[misc]
@@ -66,8 +71,15 @@ class EmbeddedWorker:
     the Python API need no services. It is not eager mode: messages go through the broker.
     """
 
-    def __init__(self, app: Any, engine: Callable[[], Engine], queues: Iterable[str], *,
-                 concurrency: int = 4, sweep_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        app: Any,
+        engine: Callable[[], Engine],
+        queues: Iterable[str],
+        *,
+        concurrency: int = 4,
+        sweep_interval: float = 1.0,
+    ) -> None:
         self.app = app
         self.queues = sorted(set(queues))
         self.concurrency = concurrency
@@ -82,13 +94,20 @@ class EmbeddedWorker:
         self.app.set_current()
         self.app.set_default()
         self._worker = _ThreadWorker(
-            app=self.app, concurrency=self.concurrency, pool="threads",
-            queues=self.queues, hostname=f"embedded@{_hostname()}", loglevel="WARNING",
-            without_heartbeat=True, without_mingle=True, without_gossip=True,
+            app=self.app,
+            concurrency=self.concurrency,
+            pool="threads",
+            queues=self.queues,
+            hostname=f"embedded@{_hostname()}",
+            loglevel="WARNING",
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
             ready_callback=None,
         )
-        self._thread = threading.Thread(target=self._worker.start, name="sagakit-worker",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._worker.start, name="sagakit-worker", daemon=True
+        )
         self._thread.start()
         if not self._worker.ready.wait(timeout):
             raise TimeoutError("embedded worker did not start")

@@ -4,5 +4,13 @@ from .migrate import upgrade
 from .records import AttemptRecord, Claim, OutboxMessage, SagaRecord, TransitionRecord
 from .sql import SqlSagaStore, make_engine
 
-__all__ = ["AttemptRecord", "Claim", "OutboxMessage", "SagaRecord", "SqlSagaStore",
-           "TransitionRecord", "make_engine", "upgrade"]
+__all__ = [
+    "AttemptRecord",
+    "Claim",
+    "OutboxMessage",
+    "SagaRecord",
+    "SqlSagaStore",
+    "TransitionRecord",
+    "make_engine",
+    "upgrade",
+]

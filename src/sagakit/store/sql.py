@@ -41,7 +41,7 @@ def normalise_url(url: str) -> str:
     """Use psycopg 3 for PostgreSQL URLs given without a driver."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 
@@ -103,8 +103,9 @@ class SqlSagaStore:
             conn.execute(statement)
             return None
         inserted = conn.execute(
-            statement.on_conflict_do_nothing(index_elements=["saga_type", "idempotency_key"])
-            .returning(t.sagas.c.saga_id)
+            statement.on_conflict_do_nothing(
+                index_elements=["saga_type", "idempotency_key"]
+            ).returning(t.sagas.c.saga_id)
         ).first()
         if inserted is not None:
             return None
@@ -148,8 +149,11 @@ class SqlSagaStore:
             conn.execute(t.transitions.insert(), list(rows))
 
     def schedule(
-        self, conn: sa.Connection, messages: Sequence[tuple[OutboxMessage, dict[str, Any]]],
-        *, now: datetime,
+        self,
+        conn: sa.Connection,
+        messages: Sequence[tuple[OutboxMessage, dict[str, Any]]],
+        *,
+        now: datetime,
     ) -> None:
         """Record attempts and their outbox rows; messages due now are presumed sent."""
         if not messages:
@@ -190,16 +194,24 @@ class SqlSagaStore:
         )
 
     def finish_attempt(
-        self, conn: sa.Connection, task_id: str, *, status: str, now: datetime,
-        output: Any = None, error: str | None = None, traceback: str | None = None,
+        self,
+        conn: sa.Connection,
+        task_id: str,
+        *,
+        status: str,
+        now: datetime,
+        output: Any = None,
+        error: str | None = None,
+        traceback: str | None = None,
     ) -> bool:
         """Record an attempt's outcome if it is still open; return whether it was."""
         result = conn.execute(
             t.step_attempts.update()
-            .where(t.step_attempts.c.task_id == task_id,
-                   t.step_attempts.c.status.in_(("scheduled", "running")))
-            .values(status=status, output=output, error=error, traceback=traceback,
-                    finished_at=now)
+            .where(
+                t.step_attempts.c.task_id == task_id,
+                t.step_attempts.c.status.in_(("scheduled", "running")),
+            )
+            .values(status=status, output=output, error=error, traceback=traceback, finished_at=now)
         )
         conn.execute(t.outbox.delete().where(t.outbox.c.task_id == task_id))
         return result.rowcount == 1
@@ -210,7 +222,8 @@ class SqlSagaStore:
         """Mark a scheduled attempt as running; a duplicate delivery is not accepted."""
         with self.begin() as conn:
             row = conn.execute(
-                sa.select(t.step_attempts).where(t.step_attempts.c.task_id == task_id)
+                sa.select(t.step_attempts)
+                .where(t.step_attempts.c.task_id == task_id)
                 .with_for_update()
             ).first()
             if row is None:
@@ -221,15 +234,22 @@ class SqlSagaStore:
             if row.timeout is not None:
                 deadline = now + timedelta(seconds=row.timeout + grace)
             conn.execute(
-                t.step_attempts.update().where(t.step_attempts.c.id == row.id)
+                t.step_attempts.update()
+                .where(t.step_attempts.c.id == row.id)
                 .values(status="running", worker=worker, started_at=now, deadline_at=deadline)
             )
             conn.execute(t.outbox.delete().where(t.outbox.c.task_id == task_id))
             event = "step_started" if row.direction == "action" else "compensation_started"
-            conn.execute(t.transitions.insert().values(
-                saga_id=row.saga_id, event=event, step=row.step, attempt=row.attempt,
-                detail={"worker": worker, "task_id": task_id}, at=now,
-            ))
+            conn.execute(
+                t.transitions.insert().values(
+                    saga_id=row.saga_id,
+                    event=event,
+                    step=row.step,
+                    attempt=row.attempt,
+                    detail={"worker": worker, "task_id": task_id},
+                    at=now,
+                )
+            )
             return Claim(row.saga_id, row.step, row.direction, row.attempt, True, "running")
 
     # --- sweeper side ------------------------------------------------------------------
@@ -241,13 +261,17 @@ class SqlSagaStore:
         with self.begin() as conn:
             rows = conn.execute(
                 sa.select(t.outbox)
-                .where(sa.or_(sa.and_(o.sent_at.is_(None), o.not_before <= now),
-                              o.sent_at <= stale))
-                .order_by(o.id).limit(limit).with_for_update(skip_locked=True)
+                .where(
+                    sa.or_(sa.and_(o.sent_at.is_(None), o.not_before <= now), o.sent_at <= stale)
+                )
+                .order_by(o.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
             ).all()
             if rows:
                 conn.execute(
-                    t.outbox.update().where(o.id.in_([r.id for r in rows]))
+                    t.outbox.update()
+                    .where(o.id.in_([r.id for r in rows]))
                     .values(sent_at=now, send_count=o.send_count + 1)
                 )
         return [_message(r) for r in rows]
@@ -255,8 +279,9 @@ class SqlSagaStore:
     def unsend(self, task_ids: Sequence[str]) -> None:
         """Mark messages that could not be sent, so the sweeper sends them when it can."""
         with self.begin() as conn:
-            conn.execute(t.outbox.update().where(t.outbox.c.task_id.in_(list(task_ids)))
-                         .values(sent_at=None))
+            conn.execute(
+                t.outbox.update().where(t.outbox.c.task_id.in_(list(task_ids))).values(sent_at=None)
+            )
 
     def expired_attempts(self, *, now: datetime, limit: int) -> list[AttemptRecord]:
         """Running attempts whose deadline has passed."""
@@ -265,7 +290,8 @@ class SqlSagaStore:
             rows = conn.execute(
                 sa.select(t.step_attempts)
                 .where(a.status == "running", a.deadline_at < now)
-                .order_by(a.deadline_at).limit(limit)
+                .order_by(a.deadline_at)
+                .limit(limit)
             ).all()
         return [_attempt(r) for r in rows]
 
@@ -273,11 +299,14 @@ class SqlSagaStore:
         """Ids of unfinished sagas whose deadline has passed."""
         s = t.sagas.c
         with self.engine.connect() as conn:
-            return [str(v) for v in conn.execute(
-                sa.select(s.saga_id)
-                .where(s.deadline_at < now, s.status.in_(("pending", "running")))
-                .limit(limit)
-            ).scalars()]
+            return [
+                str(v)
+                for v in conn.execute(
+                    sa.select(s.saga_id)
+                    .where(s.deadline_at < now, s.status.in_(("pending", "running")))
+                    .limit(limit)
+                ).scalars()
+            ]
 
     # --- reads -------------------------------------------------------------------------
 
@@ -290,9 +319,14 @@ class SqlSagaStore:
         return _saga(row)
 
     def list_sagas(
-        self, *, status: str | None = None, saga_type: str | None = None,
-        created_after: datetime | None = None, created_before: datetime | None = None,
-        limit: int = 50, offset: int = 0,
+        self,
+        *,
+        status: str | None = None,
+        saga_type: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
     ) -> list[SagaRecord]:
         """Sagas, newest first, filtered."""
         s = t.sagas.c
@@ -332,11 +366,22 @@ class SqlSagaStore:
         h = t.transitions.c
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(t.transitions).where(h.saga_id == saga_id, h.id > after)
-                .order_by(h.id)
+                sa.select(t.transitions).where(h.saga_id == saga_id, h.id > after).order_by(h.id)
             ).all()
-        return [TransitionRecord(r.id, r.saga_id, r.event, r.from_status, r.to_status, r.step,
-                                 r.attempt, r.detail, r.at) for r in rows]
+        return [
+            TransitionRecord(
+                r.id,
+                r.saga_id,
+                r.event,
+                r.from_status,
+                r.to_status,
+                r.step,
+                r.attempt,
+                r.detail,
+                r.at,
+            )
+            for r in rows
+        ]
 
     def ping(self) -> None:
         """Raise if the database cannot be reached."""
@@ -346,25 +391,54 @@ class SqlSagaStore:
 
 def _saga(row: sa.Row[Any]) -> SagaRecord:
     return SagaRecord(
-        saga_id=row.saga_id, saga_type=row.saga_type,
-        definition_version=row.definition_version, status=row.status, input=row.input,
-        state=state_from_dict(row.state), reason=row.reason, failed_step=row.failed_step,
-        idempotency_key=row.idempotency_key, version=row.version, created_at=row.created_at,
-        updated_at=row.updated_at, finished_at=row.finished_at, deadline_at=row.deadline_at,
+        saga_id=row.saga_id,
+        saga_type=row.saga_type,
+        definition_version=row.definition_version,
+        status=row.status,
+        input=row.input,
+        state=state_from_dict(row.state),
+        reason=row.reason,
+        failed_step=row.failed_step,
+        idempotency_key=row.idempotency_key,
+        version=row.version,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at,
+        deadline_at=row.deadline_at,
     )
 
 
 def _attempt(row: sa.Row[Any]) -> AttemptRecord:
     return AttemptRecord(
-        saga_id=row.saga_id, step=row.step, direction=row.direction, attempt=row.attempt,
-        task_id=row.task_id, task_name=row.task_name, queue=row.queue, status=row.status,
-        worker=row.worker, input=row.input, output=row.output, error=row.error,
-        traceback=row.traceback, timeout=row.timeout, scheduled_at=row.scheduled_at,
-        not_before=row.not_before, started_at=row.started_at, deadline_at=row.deadline_at,
+        saga_id=row.saga_id,
+        step=row.step,
+        direction=row.direction,
+        attempt=row.attempt,
+        task_id=row.task_id,
+        task_name=row.task_name,
+        queue=row.queue,
+        status=row.status,
+        worker=row.worker,
+        input=row.input,
+        output=row.output,
+        error=row.error,
+        traceback=row.traceback,
+        timeout=row.timeout,
+        scheduled_at=row.scheduled_at,
+        not_before=row.not_before,
+        started_at=row.started_at,
+        deadline_at=row.deadline_at,
         finished_at=row.finished_at,
     )
 
 
 def _message(row: sa.Row[Any]) -> OutboxMessage:
-    return OutboxMessage(row.saga_id, row.task_id, row.task_name, row.queue, row.kwargs,
-                         row.time_limit, row.not_before)
+    return OutboxMessage(
+        row.saga_id,
+        row.task_id,
+        row.task_name,
+        row.queue,
+        row.kwargs,
+        row.time_limit,
+        row.not_before,
+    )

@@ -43,8 +43,12 @@ def upgrade() -> None:
     op.create_table(
         "sagakit_step_attempts",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("saga_id", sa.String(64),
-                  sa.ForeignKey("sagakit_sagas.saga_id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "saga_id",
+            sa.String(64),
+            sa.ForeignKey("sagakit_sagas.saga_id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("step", sa.String(80), nullable=False),
         sa.Column("direction", sa.String(12), nullable=False),
         sa.Column("attempt", sa.Integer, nullable=False),
@@ -65,13 +69,20 @@ def upgrade() -> None:
         sa.Column("finished_at", UTCDateTime),
     )
     op.create_index("ix_sagakit_step_attempts_saga", "sagakit_step_attempts", ["saga_id", "id"])
-    op.create_index("ix_sagakit_step_attempts_status_deadline", "sagakit_step_attempts",
-                    ["status", "deadline_at"])
+    op.create_index(
+        "ix_sagakit_step_attempts_status_deadline",
+        "sagakit_step_attempts",
+        ["status", "deadline_at"],
+    )
     op.create_table(
         "sagakit_transitions",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("saga_id", sa.String(64),
-                  sa.ForeignKey("sagakit_sagas.saga_id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "saga_id",
+            sa.String(64),
+            sa.ForeignKey("sagakit_sagas.saga_id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("event", sa.String(40), nullable=False),
         sa.Column("from_status", sa.String(20)),
         sa.Column("to_status", sa.String(20)),
@@ -110,6 +121,11 @@ def _create_idempotency_keys() -> None:
 
 
 def downgrade() -> None:
-    for table in ("sagakit_idempotency_keys", "sagakit_outbox", "sagakit_transitions",
-                  "sagakit_step_attempts", "sagakit_sagas"):
+    for table in (
+        "sagakit_idempotency_keys",
+        "sagakit_outbox",
+        "sagakit_transitions",
+        "sagakit_step_attempts",
+        "sagakit_sagas",
+    ):
         op.drop_table(table)
