@@ -11,13 +11,12 @@ import logging
 import os
 import threading
 from datetime import UTC, datetime
-from typing import Any
 
 import sqlalchemy as sa
 
 from sagakit import load_settings
 from sagakit.idempotency import ensure_table
-from sagakit.store import make_engine, upgrade
+from sagakit.store import UTCDateTime, make_engine, upgrade
 from sagakit.store.sql import normalise_url
 
 logger = logging.getLogger(__name__)
@@ -27,26 +26,6 @@ _LOCK_ID = 0x51A3_0001
 """PostgreSQL advisory lock held while a process creates the schema and seeds the fleet."""
 
 metadata = sa.MetaData()
-
-
-class UTCDateTime(sa.TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every dialect (SQLite stores them naive)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> Any:
-        """Store UTC; naive on SQLite."""
-        if value is None:
-            return None
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> Any:
-        """Return aware UTC datetimes."""
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 robots = sa.Table(

@@ -448,14 +448,17 @@ def _history(
             }
         )
     if before.status != after.status and not isinstance(event, SagaStarted):
-        name = "saga_resumed" if isinstance(event, RetryRequested) else f"saga_{after.status}"
+        resumed = isinstance(event, RetryRequested)
+        name = "saga_resumed" if resumed else f"saga_{after.status}"
+        # A resumed saga names the step it resumes; a settled one the step that decided it.
+        step = decision.commands[0].step if resumed and decision.commands else after.failed_step
         rows.append(
             {
                 "saga_id": after.saga_id,
                 "event": name,
                 "from_status": before.status.value,
                 "to_status": after.status.value,
-                "step": after.failed_step,
+                "step": step,
                 "attempt": None,
                 "detail": {"reason": after.reason} if after.reason else None,
                 "at": now,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 from .machine import SagaState, SagaStatus, StepState, StepStatus
@@ -12,7 +12,7 @@ _STEP_FIELDS = frozenset(f.name for f in fields(StepState))
 
 def state_to_dict(state: SagaState) -> dict[str, Any]:
     """Return a JSON-able snapshot of `state`."""
-    data = asdict(state)
+    data = asdict(replace(state, input={}))
     data["input"] = dict(state.input)
     return data
 
@@ -40,4 +40,6 @@ def state_from_dict(data: dict[str, Any]) -> SagaState:
         pivot_passed=data.get("pivot_passed", False),
         reason=data.get("reason"),
         failed_step=data.get("failed_step"),
+        cause=data.get("cause"),
+        cause_step=data.get("cause_step"),
     )

@@ -45,7 +45,7 @@ class RetryPolicy:
     backoff: float = 2.0
     """Multiplier applied to the interval after each attempt."""
     max_interval: float = 60.0
-    """Upper bound of the interval, in seconds."""
+    """Upper bound of the interval before jitter, in seconds."""
     jitter: float = 0.2
     """Fraction of the interval added or removed at random (deterministic per attempt)."""
     non_retryable: tuple[str, ...] = ()

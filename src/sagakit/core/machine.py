@@ -89,6 +89,9 @@ class SagaState:
     pivot_passed: bool = False
     reason: str | None = None
     failed_step: str | None = None
+    cause: str | None = None
+    """Why compensation began; kept when a compensation failure overwrites `reason`."""
+    cause_step: str | None = None
 
     def find(self, name: str) -> StepState | None:
         """Return the step instance called `name`, if the saga has reached it."""
@@ -423,7 +426,14 @@ def _step_failed(
 def _begin_compensation(
     saga: Saga, state: SagaState, reason: str, failed_step: str | None
 ) -> Decision:
-    state = replace(state, status=SagaStatus.COMPENSATING, reason=reason, failed_step=failed_step)
+    state = replace(
+        state,
+        status=SagaStatus.COMPENSATING,
+        reason=reason,
+        failed_step=failed_step,
+        cause=reason,
+        cause_step=failed_step,
+    )
     return _continue_compensation(saga, state)
 
 
@@ -467,6 +477,8 @@ def _compensation_failed(saga: Saga, state: SagaState, event: CompensationFailed
         return Decision(state.with_step(again), (command,))
     stuck = replace(st, status=StepStatus.COMPENSATION_FAILED, error=event.error)
     reason = f"compensation of step {st.name!r} failed after {used} attempts: {event.error}"
+    if state.cause:
+        reason += f" (compensating because {state.cause})"
     return Decision(
         replace(
             state.with_step(stuck), status=SagaStatus.FAILED, reason=reason, failed_step=st.name
@@ -503,7 +515,12 @@ def _retry(saga: Saga, state: SagaState) -> Decision:
             compensation_attempt=st.compensation_attempt + 1,
             compensation_base=st.compensation_attempt,
         )
-        state = replace(state.with_step(again), status=SagaStatus.COMPENSATING)
+        state = replace(
+            state.with_step(again),
+            status=SagaStatus.COMPENSATING,
+            reason=state.cause,
+            failed_step=state.cause_step,
+        )
         return Decision(state, (_compensation(saga, again, again.compensation_attempt, 0.0),))
     state = replace(state, status=SagaStatus.RUNNING, reason=None, failed_step=None)
     commands: list[RunTask] = []

@@ -2,6 +2,7 @@
 
 from .migrate import upgrade
 from .records import AttemptRecord, Claim, OutboxMessage, SagaRecord, TransitionRecord
+from .schema import UTCDateTime
 from .sql import SqlSagaStore, make_engine
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "SagaRecord",
     "SqlSagaStore",
     "TransitionRecord",
+    "UTCDateTime",
     "make_engine",
     "upgrade",
 ]
