@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 
 import pytest
-from tests.support.recording import RecordingDispatcher
 
 from sagakit import Engine, Parallel, Saga, Step
 from sagakit.core.machine import StepSucceeded
 from sagakit.store import SqlSagaStore
+from tests.support.recording import RecordingDispatcher
 
 BRANCHES = ("b1", "b2", "b3", "b4")
 FANOUT = Saga(

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+
 from examples.slam import db, fleet
 from examples.slam.faults import Faults
 from examples.slam.saga import UNDO_RETRY, MissionInput
-
 from sagakit import InvalidInput, NonRetryableError, Settings, StepContext, System
 from sagakit.idempotency import once
 from sagakit.store.records import SagaRecord

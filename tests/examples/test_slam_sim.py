@@ -11,6 +11,11 @@ from collections import deque
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.typing import NDArray
+from PIL import Image
+
 from examples.slam.mapping import MapQuality, assess, fuse, render_png
 from examples.slam.planning import Sector, coverage_path, split_sectors
 from examples.slam.sensing import (
@@ -24,10 +29,6 @@ from examples.slam.sensing import (
     scan,
 )
 from examples.slam.world import World, generate_world
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from numpy.typing import NDArray
-from PIL import Image
 
 
 def boxed_world(width: int, height: int, name: str = "box") -> World:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from tests.support.cluster import Cluster
 
 from sagakit import Engine, Settings, System
+from tests.support.cluster import Cluster
 
 
 def worker_env(pg_url: str, broker_url: str) -> dict[str, str]:

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from sagakit import Engine
 from tests.integration.conftest import client_system, worker_env
 from tests.support.cluster import Cluster, wait_for
 from tests.support.history import steps_with
 from tests.support.redis_server import RedisServer
-
-from sagakit import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.postgres, pytest.mark.redis]
 

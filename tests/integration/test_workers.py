@@ -6,10 +6,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from tests.support.cluster import Cluster, wait_for
-from tests.support.history import assert_compensated_in_reverse, steps_with
 
 from sagakit import Engine, InvalidTransition
+from tests.support.cluster import Cluster, wait_for
+from tests.support.history import assert_compensated_in_reverse, steps_with
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 

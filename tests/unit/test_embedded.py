@@ -6,10 +6,10 @@ import io
 import logging
 
 import pytest
-from tests.support.history import assert_compensated_in_reverse, steps_with
 
 from sagakit import Settings, System
 from sagakit.logs import TEXT_FORMAT, ContextFilter
+from tests.support.history import assert_compensated_in_reverse, steps_with
 
 
 @pytest.fixture

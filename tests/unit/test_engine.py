@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import BaseModel, Field
-from tests.support.recording import FailingDispatcher, RecordingDispatcher, RecordingPublisher
 
 from sagakit import (
     Engine,
@@ -20,6 +19,7 @@ from sagakit import (
 )
 from sagakit.core.machine import StepSucceeded
 from sagakit.store import SqlSagaStore, make_engine, upgrade
+from tests.support.recording import FailingDispatcher, RecordingDispatcher, RecordingPublisher
 
 
 class Order(BaseModel):
