@@ -7,8 +7,9 @@ definition in `saga` and its step tasks in `steps`. Importing this package (for 
 """
 
 from examples.slam import steps
+from examples.slam.api import register_api
 from examples.slam.cli import register_cli
 from examples.slam.faults import Faults
 from examples.slam.saga import MissionInput, mission
 
-__all__ = ["Faults", "MissionInput", "mission", "register_cli", "steps"]
+__all__ = ["Faults", "MissionInput", "mission", "register_api", "register_cli", "steps"]

@@ -51,6 +51,7 @@ def encode_entry(entry: dict[str, Any]) -> dict[Any, Any]:
         "event": str(entry["event"]),
         "step": str(entry.get("step") or ""),
         "attempt": str(entry.get("attempt") or ""),
+        "from": str(entry.get("from_status") or ""),
         "status": str(entry.get("to_status") or ""),
         "at": at.isoformat() if isinstance(at, datetime) else str(at or ""),
         "detail": json.dumps(entry.get("detail") or {}, default=str),

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     visibility_timeout: float = 3600.0
     """Redis broker visibility timeout; must exceed every step timeout."""
     worker_concurrency: int = 4
+    sse_max_seconds: float = 3600.0
+    """Longest an event stream stays open."""
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    flower_port: int = 5555
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     flower_user: str = "admin"

@@ -1,0 +1,72 @@
+"""The HTTP API: create_app(settings) -> FastAPI."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import swagger_ui_bundle
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from .. import __doc__ as package_doc
+from ..settings import Settings, load_settings
+from ..system import System
+from . import errors
+from .routes import events, sagas
+from .routes import system as system_routes
+
+
+def create_app(settings: Settings | None = None, *, system: System | None = None) -> FastAPI:
+    """Build the API around one System (built from `settings` unless given)."""
+    system = system or System(settings or load_settings())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if system.settings.embedded:
+            system.start_embedded()  # embedded default: sagas run inside the API process
+        yield
+        system.close()
+
+    app = FastAPI(
+        title="sagakit",
+        version="0.1.0",
+        summary="Durable sagas on Celery.",
+        description=(package_doc or "").strip() + "\n\nMutating routes require "
+        "`Authorization: Bearer $SAGAKIT_API_TOKEN` when that setting is set.",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.system = system
+    errors.install(app)
+    app.include_router(sagas.router)
+    app.include_router(events.router)
+    app.include_router(system_routes.router)
+    app.mount(
+        "/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger"
+    )
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="sagakit API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    # Modules named by SAGAKIT_IMPORTS may add routes (e.g. GET /api/robots).
+    for name in system.settings.imports:
+        hook = getattr(importlib.import_module(name), "register_api", None)
+        if callable(hook):
+            hook(app)
+    return app

@@ -1,0 +1,59 @@
+"""sagakit errors -> HTTP statuses, in exactly one table."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ..core.errors import (
+    DefinitionError,
+    InvalidInput,
+    InvalidTransition,
+    SagaError,
+    SagaNotFound,
+    UnknownSagaType,
+)
+
+HTTP_STATUS: dict[type[SagaError], int] = {
+    SagaNotFound: 404,
+    UnknownSagaType: 422,
+    InvalidInput: 422,
+    InvalidTransition: 409,
+    DefinitionError: 500,
+}
+
+
+def status_for(exc: SagaError) -> int:
+    """The status of the most specific matching class (400 for anything else of ours)."""
+    return next((code for kind, code in HTTP_STATUS.items() if isinstance(exc, kind)), 400)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on `app`."""
+
+    async def saga_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, SagaError)
+        body: dict[str, object] = {"detail": str(exc)}
+        if isinstance(exc, InvalidInput):
+            body["field"] = exc.field
+        return JSONResponse(body, status_code=status_for(exc))
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "reason": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        first = problems[0] if problems else {"field": "request", "reason": "invalid"}
+        return JSONResponse(
+            {
+                "detail": f"{first['field']}: {first['reason']}",
+                "field": first["field"],
+                "errors": problems,
+            },
+            status_code=422,
+        )
+
+    app.add_exception_handler(SagaError, saga_error)
+    app.add_exception_handler(RequestValidationError, validation_error)

@@ -1,0 +1,126 @@
+"""/api/sagas: start, list, read, cancel and retry sagas."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
+
+from ...engine import SAGA_ID
+from ...views import saga_view, summary_view
+from ..deps import SystemDep, require_token
+from ..schemas import (
+    CancelRequest,
+    Problem,
+    SagaDetail,
+    SagaPage,
+    SagaSummary,
+    Started,
+    StartSaga,
+    Status,
+)
+
+router = APIRouter(prefix="/api/sagas", tags=["sagas"])
+SagaId = Annotated[str, Path(pattern=SAGA_ID.pattern, max_length=64, description="Saga id.")]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No saga with that id."},
+    422: {"model": Problem, "description": "Invalid input: `field` says which and why."},
+}
+MUTATING: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    401: {"model": Problem, "description": "Bearer token missing or wrong."},
+    409: {"model": Problem, "description": "The saga's status does not allow it."},
+}
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _started(saga_id: str, created: bool, status: str) -> Started:
+    url = f"/api/sagas/{saga_id}"
+    return Started(id=saga_id, url=url, events_url=f"{url}/events", created=created, status=status)  # type: ignore[arg-type]
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=Started,
+    responses=MUTATING,
+    dependencies=[Depends(require_token)],
+)
+def start_saga(
+    body: StartSaga,
+    system: SystemDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
+    ] = None,
+) -> Started:
+    """Start a saga; the same Idempotency-Key twice returns the same saga."""
+    result = system.engine.start(body.type, body.input, idempotency_key=idempotency_key)
+    record = system.engine.get(result.saga_id)
+    response.headers["Location"] = f"/api/sagas/{result.saga_id}"
+    return _started(result.saga_id, result.created, record.status)
+
+
+@router.get("", response_model=SagaPage, responses=ERRORS)
+def list_sagas(
+    system: SystemDep,
+    status: Status | None = None,
+    saga_type: Annotated[str | None, Query(alias="type", max_length=64)] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> SagaPage:
+    """Sagas, newest first; filter by status, type and creation time."""
+    records = system.engine.store.list_sagas(
+        status=status,
+        saga_type=saga_type,
+        created_after=_utc(created_after),
+        created_before=_utc(created_before),
+        limit=limit + 1,
+        offset=offset,
+    )
+    items = [SagaSummary.model_validate(summary_view(r)) for r in records[:limit]]
+    more = len(records) > limit
+    return SagaPage(
+        items=items, limit=limit, offset=offset, next_offset=offset + limit if more else None
+    )
+
+
+@router.get("/{saga_id}", response_model=SagaDetail, responses=ERRORS)
+def get_saga(saga_id: SagaId, system: SystemDep) -> SagaDetail:
+    """A saga: status, steps with their attempts and compensations, transition history."""
+    engine = system.engine
+    view = saga_view(engine.get(saga_id), engine.attempts(saga_id), engine.history(saga_id))
+    return SagaDetail.model_validate(view)
+
+
+@router.post(
+    "/{saga_id}/cancel",
+    response_model=SagaSummary,
+    responses=MUTATING,
+    dependencies=[Depends(require_token)],
+)
+def cancel_saga(
+    saga_id: SagaId, system: SystemDep, body: Annotated[CancelRequest | None, Body()] = None
+) -> SagaSummary:
+    """Stop the saga's forward steps and compensate what it did."""
+    reason = (body or CancelRequest()).reason
+    return SagaSummary.model_validate(summary_view(system.engine.cancel(saga_id, reason)))
+
+
+@router.post(
+    "/{saga_id}/retry",
+    response_model=SagaSummary,
+    responses=MUTATING,
+    dependencies=[Depends(require_token)],
+)
+def retry_saga(saga_id: SagaId, system: SystemDep) -> SagaSummary:
+    """Resume a failed saga where it stopped."""
+    return SagaSummary.model_validate(summary_view(system.engine.retry(saga_id)))
