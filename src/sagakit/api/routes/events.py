@@ -95,8 +95,8 @@ async def _follow(
         last_id = "0-0"
         if client is not None:
             try:
-                newest = await client.xrevrange(settings.events_stream, count=1)
-                last_id = newest[0][0] if newest else "0-0"
+                newest: Any = await client.xrevrange(settings.events_stream, count=1)
+                last_id = str(newest[0][0]) if newest else "0-0"
             except Exception:
                 client = None
         entries, settled = await follower.from_log()
@@ -108,20 +108,22 @@ async def _follow(
             if await request.is_disconnected():
                 return
             if client is not None:
+                batches: Any = []
                 try:
                     batches = await client.xread(
                         {settings.events_stream: last_id}, block=1000, count=200
                     )
                 except Exception:
                     client = None
-                    batches = []
                 for _, messages in batches:
                     for message_id, fields in messages:
-                        last_id = message_id
-                        entry = follower.from_stream(fields)
-                        if entry is not None:
-                            yield _sse(entry)
-                            settled |= entry["event"].startswith("saga_") and entry["to"] in SETTLED
+                        last_id = str(message_id)
+                        streamed = follower.from_stream(fields)
+                        if streamed is not None:
+                            yield _sse(streamed)
+                            settled |= (
+                                streamed["event"].startswith("saga_") and streamed["to"] in SETTLED
+                            )
             else:
                 await asyncio.sleep(0.5)
             if settled or client is None or time.monotonic() >= next_check:

@@ -42,7 +42,7 @@ def _utc(value: datetime | None) -> datetime | None:
 
 def _started(saga_id: str, created: bool, status: str) -> Started:
     url = f"/api/sagas/{saga_id}"
-    return Started(id=saga_id, url=url, events_url=f"{url}/events", created=created, status=status)  # type: ignore[arg-type]
+    return Started(id=saga_id, url=url, events_url=f"{url}/events", created=created, status=status)
 
 
 @router.post(

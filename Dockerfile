@@ -1,0 +1,40 @@
+# One image for every sagakit process: the API, the workers, the migration job and Flower
+# differ only by their command (see docker-compose.yml).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/app \
+    SLAM_OUTPUT_DIR=/data/maps
+
+RUN groupadd --system --gid 10001 sagakit \
+ && useradd --system --uid 10001 --gid sagakit --create-home --home-dir /home/sagakit sagakit
+
+WORKDIR /app
+
+# Dependencies first, from the project's own metadata: this layer is rebuilt only when
+# pyproject.toml changes. A stub package stands in for the code so the build backend can run.
+COPY pyproject.toml README.md ./
+RUN mkdir -p src/sagakit \
+ && touch src/sagakit/__init__.py \
+ && pip install ".[api]" \
+ && rm -rf src
+
+# Then the code itself (no dependency resolution here), and the SLAM example that the default
+# SAGAKIT_IMPORTS=examples.slam names (importable from /app, the working directory).
+COPY src ./src
+RUN pip install --no-deps --force-reinstall .
+COPY examples ./examples
+
+# The working directory (embedded SQLite default, ./out) and the SLAM maps are writable by the
+# app user; the installed code is not.
+RUN mkdir -p /data/maps \
+ && chown sagakit:sagakit /app /data/maps
+
+USER sagakit
+
+EXPOSE 8000 5555
+
+CMD ["sagakit", "--help"]
