@@ -38,5 +38,8 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
+compose-check:
+	docker-compose -f docker-compose.yml config -q
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis sagakit.db* out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import quote
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -12,11 +13,13 @@ EMBEDDED_BROKER = "memory://localhost/"
 
 
 class Settings(BaseSettings):
-    """Every knob, from ``SAGAKIT_*`` environment variables (or a ``.env`` file)."""
+    """Every knob, from ``SAGAKIT_*`` environment variables.
 
-    model_config = SettingsConfigDict(
-        env_prefix="SAGAKIT_", env_file=".env", extra="ignore", frozen=True
-    )
+    No ``.env`` file is read: the one docker-compose uses holds container host names, and
+    reading it from the working directory would leak them into local commands.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SAGAKIT_", extra="ignore", frozen=True)
 
     database_url: str = "sqlite:///sagakit.db"
     """Saga log. SQLite file in the working directory by default; PostgreSQL for real."""
@@ -68,13 +71,13 @@ def load_settings(**overrides: object) -> Settings:
     if "SAGAKIT_BROKER_URL" not in env and env.get("CELERY_BROKER_URL"):
         overrides.setdefault("broker_url", env["CELERY_BROKER_URL"])
     if "SAGAKIT_DATABASE_URL" not in env and env.get("POSTGRES_HOST"):
-        user = env.get("POSTGRES_USER", "postgres")
-        password = env.get("POSTGRES_PASSWORD", "")
+        user = quote(env.get("POSTGRES_USER", "postgres"), safe="")
+        password = quote(env.get("POSTGRES_PASSWORD", ""), safe="")
         auth = f"{user}:{password}" if password else user
         port = env.get("POSTGRES_PORT", "5432")
         database = env.get("POSTGRES_DB", user)
         overrides.setdefault(
             "database_url",
-            f"postgresql+psycopg://{auth}@{env['POSTGRES_HOST']}:{port}/{database}",
+            f"postgresql+psycopg://{auth}@{env['POSTGRES_HOST']}:{port}/{quote(database)}",
         )
     return Settings(**overrides)  # type: ignore[arg-type]

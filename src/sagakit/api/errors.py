@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -29,6 +31,13 @@ def status_for(exc: SagaError) -> int:
     return next((code for kind, code in HTTP_STATUS.items() if isinstance(exc, kind)), 400)
 
 
+def _field(loc: Sequence[object]) -> str:
+    """A body field by its path in the JSON body (``input.robots``, as the engine names it)."""
+    if len(loc) > 1 and loc[0] == "body" and isinstance(loc[1], str):
+        loc = loc[1:]
+    return ".".join(str(part) for part in loc)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers on `app`."""
 
@@ -37,13 +46,14 @@ def install(app: FastAPI) -> None:
         body: dict[str, object] = {"detail": str(exc)}
         if isinstance(exc, InvalidInput):
             body["field"] = exc.field
+        elif isinstance(exc, UnknownSagaType):
+            body["field"] = "type"
         return JSONResponse(body, status_code=status_for(exc))
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         problems = [
-            {"field": ".".join(str(p) for p in e.get("loc", ())), "reason": e.get("msg", "")}
-            for e in exc.errors()
+            {"field": _field(e.get("loc", ())), "reason": e.get("msg", "")} for e in exc.errors()
         ]
         first = problems[0] if problems else {"field": "request", "reason": "invalid"}
         return JSONResponse(

@@ -34,7 +34,8 @@ def make_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
         sa.event.listen(engine, "connect", _sqlite_on_connect)
         sa.event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip per transaction; stale connections are recycled.
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=1800)
 
 
 def normalise_url(url: str) -> str:

@@ -1,0 +1,54 @@
+"""Settings come from the environment, with the seed's names accepted too."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from sagakit.settings import load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("SAGAKIT_", "POSTGRES_", "CELERY_")):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_are_the_embedded_default() -> None:
+    settings = load_settings()
+    assert settings.embedded
+    assert settings.database_url == "sqlite:///sagakit.db"
+
+
+def test_postgres_password_with_url_characters_survives(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTGRES_HOST", "db")
+    monkeypatch.setenv("POSTGRES_USER", "saga")
+    monkeypatch.setenv("POSTGRES_PASSWORD", "p@ss:w/rd#1")
+    monkeypatch.setenv("POSTGRES_DB", "sagas")
+    url = sa.make_url(load_settings().database_url)
+    assert (url.username, url.password, url.host, url.database) == (
+        "saga",
+        "p@ss:w/rd#1",
+        "db",
+        "sagas",
+    )
+
+
+def test_sagakit_names_win_over_the_seed_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://seed:6379/0")
+    monkeypatch.setenv("SAGAKIT_BROKER_URL", "redis://mine:6379/0")
+    monkeypatch.setenv("SAGAKIT_IMPORTS", "a.b, c")
+    settings = load_settings()
+    assert settings.broker_url == "redis://mine:6379/0"
+    assert settings.imports == ["a.b", "c"]
+
+
+def test_a_dotenv_file_in_the_working_directory_is_not_read(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
+    (tmp_path / ".env").write_text("SAGAKIT_API_TOKEN=change-me\n")  # type: ignore[operator]
+    assert load_settings().api_token is None
