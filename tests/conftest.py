@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -28,8 +28,8 @@ def _unavailable(what: str, why: Exception) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+def pg_databases() -> Iterator[Callable[[], str]]:
+    """Make fresh PostgreSQL databases on demand; all are dropped at the end of the session."""
     admin_url = sa.make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg")
     try:
         admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
@@ -37,13 +37,26 @@ def pg_url() -> Iterator[str]:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:
         _unavailable("PostgreSQL", exc)
-    name = f"sagakit_test_{uuid.uuid4().hex[:10]}"
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"sagakit_test_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        made.append(name)
+        return admin_url.set(database=name).render_as_string(hide_password=False)
+
+    yield make
     with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield admin_url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        for name in made:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_databases: Callable[[], str]) -> str:
+    """The session's PostgreSQL database."""
+    return pg_databases()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -42,7 +42,10 @@ def _ok(url: str, **kwargs: object) -> bool:
 
 
 @pytest.fixture
-def stack(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+def stack(
+    pg_databases: Callable[[], str], redis_url: str, tmp_path: Path
+) -> Iterator[dict[str, str]]:
+    pg_url = pg_databases()  # a database of its own: a fresh fleet, exact counts
     broker = redis_url.rsplit("/", 1)[0] + "/12"
     redis.Redis.from_url(broker).flushdb()
     marker = f"SAGAKIT_UP_TEST_{uuid.uuid4().hex}"
@@ -150,7 +153,7 @@ def test_up_serves_missions_over_http_and_stops_cleanly(stack: dict[str, str]) -
         for x in metrics.splitlines()
         if x.startswith('sagakit_sagas_finished_total{outcome="completed",saga_type="slam"}')
     )
-    assert float(line.split()[-1]) >= completed
+    assert float(line.split()[-1]) == completed
     assert "sagakit_step_duration_seconds_bucket" in metrics
 
     flower = stack["flower"]
