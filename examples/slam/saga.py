@@ -45,7 +45,7 @@ class MissionInput(BaseModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
         description="Name of the area; it seeds the world's layout.",
     )
-    seed: int = Field(default=0, ge=0, description="World and sensor-noise seed.")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="World and sensor-noise seed.")
     width: int = Field(default=80, ge=20, le=400, description="World width in cells.")
     height: int = Field(default=60, ge=20, le=400, description="World height in cells.")
     faults: Faults = Field(default_factory=Faults, description="Failures to inject.")

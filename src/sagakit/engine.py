@@ -158,6 +158,8 @@ class Engine:
 
     def cancel(self, saga_id: str, reason: str = "cancelled by operator") -> SagaRecord:
         """Stop forward steps and compensate. Raises InvalidTransition past the pivot."""
+        if "\x00" in reason or not reason.strip():
+            raise InvalidInput("reason", "must be non-empty text without NUL characters")
         self.record(saga_id, CancelRequested(reason))
         return self.store.get(saga_id)
 
@@ -487,9 +489,22 @@ def _json_object(value: Any, field_name: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidInput(field_name, "must be a JSON object")
     try:
-        return dict(json.loads(json.dumps(value)))
+        text = json.dumps(value)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(field_name, f"must be JSON-serializable ({exc})") from None
+    if _has_nul(value):  # PostgreSQL's text and jsonb cannot hold NUL
+        raise InvalidInput(field_name, "must not contain NUL characters")
+    return dict(json.loads(text))
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _jsonable(value: Any) -> Any:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import quote
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict

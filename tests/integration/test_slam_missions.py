@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -18,9 +18,16 @@ SERVICES = ("robots", "planning", "exploration", "mapping")
 
 
 @pytest.fixture(scope="module")
+def slam_db_url(pg_databases: Callable[[], str]) -> str:
+    """A database of this module's own: a fresh fleet of 8 robots."""
+    return pg_databases()
+
+
+@pytest.fixture(scope="module")
 def slam_cluster(
-    pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    slam_db_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
+    pg_url = slam_db_url
     env = {
         **worker_env(pg_url, redis_url),
         "SAGAKIT_IMPORTS": "examples.slam",
@@ -52,7 +59,7 @@ def engine(slam_cluster: Cluster) -> Iterator[Engine]:
 
 
 def test_thirty_missions_at_once_share_a_small_fleet_safely(
-    engine: Engine, slam_cluster: Cluster, pg_url: str
+    engine: Engine, slam_cluster: Cluster, slam_db_url: str
 ) -> None:
     rng = random.Random(20261121)
     ids = [
@@ -76,7 +83,7 @@ def test_thirty_missions_at_once_share_a_small_fleet_safely(
     shortage = [r for r in records if "not enough free robots" in (r.reason or "")]
     assert shortage, "with 8 robots for ~75 requested, some missions must find none free"
 
-    slam_db = db.get_engine(pg_url)
+    slam_db = db.get_engine(slam_db_url)
     assert [r for r in fleet.list_fleet(slam_db) if r["held_by"] is not None] == []
     assert fleet.allocation_overlaps(slam_db) == []
     for record in records:

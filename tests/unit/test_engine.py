@@ -211,9 +211,13 @@ def test_bad_requests_raise_clear_errors(store: SqlSagaStore, clock: Clock) -> N
         engine.start("typed", {"quantity": 0, "sku": "x"})
     with pytest.raises(InvalidInput, match=r"^input\.sku: Field required"):
         engine.start("typed", {"quantity": 1})
+    with pytest.raises(InvalidInput, match="NUL"):
+        engine.start("two", {"note": ["ok", "bad\x00"]})
     with pytest.raises(SagaNotFound):
         engine.cancel("missing")
     saga_id = engine.start("typed", {"quantity": "3", "sku": "x"}).saga_id
     assert engine.get(saga_id).input == {"quantity": 3, "sku": "x"}
-    with pytest.raises(InvalidTransition, match="only a failed saga"):
+    with pytest.raises(InvalidTransition, match="in status 'running': only a failed saga"):
         engine.retry(saga_id)
+    with pytest.raises(InvalidInput, match="reason"):
+        engine.cancel(saga_id, "why\x00")

@@ -48,6 +48,7 @@ class InvalidTransition(SagaError):
 
     def __init__(self, saga_id: str, status: str, operation: str, why: str = "") -> None:
         detail = f": {why}" if why else ""
+        status = str(status)  # a StrEnum's repr would show its class
         super().__init__(f"cannot {operation} saga {saga_id!r} in status {status!r}{detail}")
         self.saga_id = saga_id
         self.status = status

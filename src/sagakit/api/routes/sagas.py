@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 
+from ...core.definition import NAME_PATTERN
+from ...core.errors import InvalidInput
 from ...engine import SAGA_ID
 from ...views import saga_view, summary_view
 from ..deps import SystemDep, require_token
@@ -32,12 +34,21 @@ MUTATING: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "Bearer token missing or wrong."},
     409: {"model": Problem, "description": "The saga's status does not allow it."},
 }
+WITH_BODY: dict[int | str, dict[str, Any]] = {
+    **MUTATING,
+    400: {"model": Problem, "description": "The body could not be read (e.g. not UTF-8)."},
+}
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def _utc(value: datetime | None, name: str) -> datetime | None:
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 has no UTC datetime
+        raise InvalidInput(f"query.{name}", "out of range in UTC") from None
 
 
 def _started(saga_id: str, created: bool, status: str) -> Started:
@@ -49,7 +60,7 @@ def _started(saga_id: str, created: bool, status: str) -> Started:
     "",
     status_code=202,
     response_model=Started,
-    responses=MUTATING,
+    responses=WITH_BODY,
     dependencies=[Depends(require_token)],
 )
 def start_saga(
@@ -71,7 +82,9 @@ def start_saga(
 def list_sagas(
     system: SystemDep,
     status: Status | None = None,
-    saga_type: Annotated[str | None, Query(alias="type", max_length=64)] = None,
+    saga_type: Annotated[
+        str | None, Query(alias="type", pattern=NAME_PATTERN.pattern, max_length=64)
+    ] = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -81,8 +94,8 @@ def list_sagas(
     records = system.engine.store.list_sagas(
         status=status,
         saga_type=saga_type,
-        created_after=_utc(created_after),
-        created_before=_utc(created_before),
+        created_after=_utc(created_after, "created_after"),
+        created_before=_utc(created_before, "created_before"),
         limit=limit + 1,
         offset=offset,
     )
@@ -104,7 +117,7 @@ def get_saga(saga_id: SagaId, system: SystemDep) -> SagaDetail:
 @router.post(
     "/{saga_id}/cancel",
     response_model=SagaSummary,
-    responses=MUTATING,
+    responses=WITH_BODY,
     dependencies=[Depends(require_token)],
 )
 def cancel_saga(
