@@ -168,3 +168,25 @@ def test_up_serves_missions_over_http_and_stops_cleanly(stack: dict[str, str]) -
 
     os.kill(int(stack["pid"]), signal.SIGINT)
     wait_for(lambda: not _processes_with(stack["marker"]), 60, "every process to stop")
+
+
+def test_a_process_that_dies_stops_the_stack_loudly(stack: dict[str, str]) -> None:
+    up = int(stack["pid"])
+    workers = [
+        pid
+        for pid in _processes_with(stack["marker"])
+        if b"-Q\x00robots" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert workers, "sagakit up should run a worker for the robots queue"
+    os.kill(min(workers), signal.SIGKILL)  # the worker's main process
+    wait_for(lambda: not Path(f"/proc/{up}").exists() or _zombie(up), 60, "sagakit up to stop")
+    log = Path(stack["log"]).read_text()
+    assert "worker-robots exited with -9; stopping the stack (nothing is restarted)" in log
+    wait_for(lambda: not _processes_with(stack["marker"]), 60, "every process to stop")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
