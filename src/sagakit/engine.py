@@ -107,7 +107,6 @@ class Engine:
         clock: Callable[[], datetime] = utcnow,
         redrive_after: float = 30.0,
         timeout_grace: float = 5.0,
-        listeners: Sequence[Callable[[Sequence[dict[str, Any]]], None]] = (),
     ) -> None:
         self.store = store
         self.sagas = dict(sagas)
@@ -116,7 +115,6 @@ class Engine:
         self.clock = clock
         self.redrive_after = redrive_after
         self.timeout_grace = timeout_grace
-        self.listeners = list(listeners)
 
     # --- application API -------------------------------------------------------------
 
@@ -382,11 +380,7 @@ class Engine:
         return len(messages) - len(failed)
 
     def _publish(self, entries: Sequence[dict[str, Any]]) -> None:
-        if not entries:
-            return
-        for listener in self.listeners:
-            listener(entries)
-        if self.events is None:
+        if not entries or self.events is None:
             return
         try:
             self.events.publish(entries)
