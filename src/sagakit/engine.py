@@ -285,10 +285,21 @@ class Engine:
         now = self.clock()
         due = self.store.take_due(now=now, redrive_after=self.redrive_after, limit=limit)
         report.resent = self._send(due)
+        # One saga that cannot be advanced here (say, a type this process does not know)
+        # must not stop the sweep for the others.
         for attempt in self.store.expired_attempts(now=now, limit=limit):
-            report.timed_out += self._expire(attempt)
+            try:
+                report.timed_out += self._expire(attempt)
+            except Exception:
+                logger.warning(
+                    "timeout not applied", exc_info=True, extra={"saga_id": attempt.saga_id}
+                )
         for saga_id in self.store.expired_sagas(now=now, limit=limit):
-            decision = self.record(saga_id, DeadlineExceeded())
+            try:
+                decision = self.record(saga_id, DeadlineExceeded())
+            except Exception:
+                logger.warning("deadline not applied", exc_info=True, extra={"saga_id": saga_id})
+                continue
             report.deadlines += int(decision is not None and not decision.ignored)
         return report
 

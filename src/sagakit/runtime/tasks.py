@@ -83,7 +83,9 @@ def execute(task: Any, fn: StepFunction, kwargs: dict[str, Any]) -> Any:
     saga_id = str(kwargs.get("saga_id", "-"))
     with saga_context(saga_id, step=kwargs.get("step", "-"), attempt=kwargs.get("attempt", "-")):
         engine = engine_for(task.app)
-        if engine is None:
+        if engine is None or kwargs.get("saga_type") not in engine.sagas:
+            # No saga log here, or a saga type this worker does not know: let a sagakit
+            # worker record the outcome.
             return _execute_remote(task, fn, kwargs, worker)
         claim = engine.claim(task_id, worker)
         if claim is None or not claim.accepted:

@@ -1,0 +1,75 @@
+"""A service worker that cannot reach the saga log reports outcomes through `sagakit`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sagakit import Engine
+from tests.integration.conftest import client_system, worker_env
+from tests.support.cluster import ROOT, Cluster, wait_for
+from tests.support.history import assert_compensated_in_reverse, steps_with
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
+CELERY = str(Path(sys.executable).parent / "celery")
+
+
+@pytest.fixture
+def remote(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Engine, Cluster]]:
+    broker = redis_url.rsplit("/", 1)[0] + "/13"
+    cluster = Cluster(worker_env(pg_url, broker), tmp_path)
+    # The service worker: a plain Celery app, no database settings at all.
+    env = {k: v for k, v in cluster.env.items() if k != "SAGAKIT_DATABASE_URL"}
+    log = (tmp_path / "service.log").open("wb")
+    service = subprocess.Popen(
+        [
+            CELERY,
+            "-A",
+            "tests.support.remote_app",
+            "worker",
+            "-Q",
+            "work",
+            "-c",
+            "2",
+            "--hostname",
+            "service@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    cluster.procs.append(service)
+    wait_for(
+        lambda: b" ready." in (tmp_path / "service.log").read_bytes(), 60, "the service worker"
+    )
+    cluster.start("-Q", "sagakit", "-c", "1", name="recorder")
+    system = client_system(cluster.env)
+    try:
+        yield system.engine, cluster
+    finally:
+        system.close()
+        cluster.stop()
+        log.close()
+
+
+def test_outcomes_travel_through_the_sagakit_queue(remote: tuple[Engine, Cluster]) -> None:
+    engine, cluster = remote
+    done = engine.start("linear", {}).saga_id
+    failed = engine.start("linear", {"faults": {"c": ["fail"]}}).saga_id
+    assert engine.wait(done, timeout=60).status == "completed", cluster.logs()
+    assert engine.wait(failed, timeout=60).status == "compensated", cluster.logs()
+    assert steps_with(engine, done, "step_completed") == ["a", "b", "c", "d"]
+    assert assert_compensated_in_reverse(engine, failed) == ["b", "a"]
+    # The recorder claimed the attempts on the service worker's behalf.
+    workers = {a.worker or "" for a in engine.attempts(done)}
+    assert workers and all(w.startswith("service@") for w in workers), workers
