@@ -60,6 +60,10 @@ EVENT_NAMES: dict[type, str] = {
 """History event names (snake_case, past tense); docs/events.md lists them all."""
 
 
+class AttemptLost(Exception):
+    """An attempt outlived its timeout, or the worker running it died."""
+
+
 def utcnow() -> datetime:
     """Return the current time, timezone-aware UTC."""
     return datetime.now(UTC)
@@ -76,6 +80,15 @@ class StartResult:
 
     saga_id: str
     created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Identity of the worker process a sweeper runs in."""
+
+    name: str
+    pid: int
+    started_at: datetime
 
 
 @dataclass(slots=True)
@@ -107,6 +120,7 @@ class Engine:
         clock: Callable[[], datetime] = utcnow,
         redrive_after: float = 30.0,
         timeout_grace: float = 5.0,
+        worker_lost_after: float | None = 30.0,
     ) -> None:
         self.store = store
         self.sagas = dict(sagas)
@@ -115,6 +129,7 @@ class Engine:
         self.clock = clock
         self.redrive_after = redrive_after
         self.timeout_grace = timeout_grace
+        self.worker_lost_after = worker_lost_after
 
     # --- application API -------------------------------------------------------------
 
@@ -279,17 +294,24 @@ class Engine:
         self._after_commit(applied, now)
         return applied.decision
 
-    def sweep(self, *, limit: int = 200) -> SweepReport:
-        """Re-send due or lost messages, fire timeouts and deadlines."""
+    def sweep(self, *, limit: int = 200, heartbeat: Heartbeat | None = None) -> SweepReport:
+        """Beat for this worker; re-send due or lost messages, fire timeouts and deadlines."""
         report = SweepReport()
         now = self.clock()
+        if heartbeat is not None:
+            self.store.beat(
+                heartbeat.name, pid=heartbeat.pid, started_at=heartbeat.started_at, now=now
+            )
         due = self.store.take_due(now=now, redrive_after=self.redrive_after, limit=limit)
         report.resent = self._send(due)
         # One saga that cannot be advanced here (say, a type this process does not know)
         # must not stop the sweep for the others.
-        for attempt in self.store.expired_attempts(now=now, limit=limit):
+        expired = self.store.expired_attempts(
+            now=now, limit=limit, lost_after=self.worker_lost_after
+        )
+        for attempt, why in expired:
             try:
-                report.timed_out += self._expire(attempt)
+                report.timed_out += self._expire(attempt, why)
             except Exception:
                 logger.warning(
                     "timeout not applied", exc_info=True, extra={"saga_id": attempt.saga_id}
@@ -303,17 +325,24 @@ class Engine:
             report.deadlines += int(decision is not None and not decision.ignored)
         return report
 
+    def beat(self, heartbeat: Heartbeat) -> None:
+        """Record that this worker is alive (its running attempts are not lost)."""
+        self.store.beat(
+            heartbeat.name, pid=heartbeat.pid, started_at=heartbeat.started_at, now=self.clock()
+        )
+
     # --- internals -----------------------------------------------------------------------
 
-    def _expire(self, attempt: AttemptRecord) -> int:
+    def _expire(self, attempt: AttemptRecord, why: str) -> int:
         claim = Claim(
             attempt.saga_id, attempt.step, attempt.direction, attempt.attempt, True, attempt.status
         )
         logger.warning(
-            "attempt timed out",
+            "attempt timed out: %s",
+            why,
             extra={"saga_id": attempt.saga_id, "step": attempt.step, "attempt": attempt.attempt},
         )
-        self.report(claim, attempt.task_id, timed_out=True)
+        self.report(claim, attempt.task_id, error=AttemptLost(why), timed_out=True)
         return 1
 
     def _apply(

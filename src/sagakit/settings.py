@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     """Seconds after which a sent message that no worker claimed is sent again."""
     timeout_grace: float = 5.0
     """Seconds added to a step's timeout before the sweeper declares it timed out."""
+    worker_lost_after: float = 30.0
+    """Seconds without a heartbeat after which a worker's running attempts are timed out."""
     visibility_timeout: float = 3600.0
     """Redis broker visibility timeout; must exceed every step timeout."""
     worker_concurrency: int = 4

@@ -63,6 +63,7 @@ class System:
             events=events,
             redrive_after=self.settings.redrive_after,
             timeout_grace=self.settings.timeout_grace,
+            worker_lost_after=self.settings.worker_lost_after,
         )
 
     def _check_timeouts(self) -> None:

@@ -111,8 +111,8 @@ def test_expired_attempts_and_finish(store: SqlSagaStore) -> None:
         store.schedule(conn, [(message("s1", "t1"), attempt())], now=NOW)
     store.claim("t1", worker="w", now=NOW, grace=0.0)
     assert store.expired_attempts(now=NOW + timedelta(seconds=9), limit=5) == []
-    [expired] = store.expired_attempts(now=NOW + timedelta(seconds=11), limit=5)
-    assert expired.task_id == "t1"
+    [(expired, why)] = store.expired_attempts(now=NOW + timedelta(seconds=11), limit=5)
+    assert (expired.task_id, why) == ("t1", "timed out")
     with store.begin() as conn:
         assert store.finish_attempt(conn, "t1", status="timed_out", now=NOW)
         assert not store.finish_attempt(conn, "t1", status="succeeded", now=NOW)
@@ -148,3 +148,28 @@ def test_migrations_match_the_schema(store: SqlSagaStore) -> None:
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
+
+
+def test_attempts_of_a_dead_worker_are_lost(store: SqlSagaStore) -> None:
+    create(store)
+    with store.begin() as conn:
+        store.schedule(
+            conn,
+            [(message("s1", "t1"), attempt("a")), (message("s1", "t2"), attempt("b"))],
+            now=NOW,
+        )
+    store.claim("t1", worker="w1@host", now=NOW, grace=0.0)
+    store.claim("t2", worker="unknown@host", now=NOW, grace=0.0)
+    store.beat("w1@host", pid=1, started_at=NOW - timedelta(minutes=1), now=NOW)
+    soon = NOW + timedelta(seconds=3)
+    assert store.expired_attempts(now=soon, limit=5, lost_after=5.0) == []
+    # Silent for longer than lost_after: its attempt is lost; a worker that never beat is not.
+    later = NOW + timedelta(seconds=6)
+    [(lost, why)] = store.expired_attempts(now=later, limit=5, lost_after=5.0)
+    assert (lost.task_id, why) == ("t1", "worker w1@host stopped")
+    # Restarted under the same name after the attempt began: lost as well, though beating.
+    store.beat("w1@host", pid=2, started_at=soon, now=later)
+    [(lost, _)] = store.expired_attempts(now=later, limit=5, lost_after=5.0)
+    assert lost.task_id == "t1"
+    store.forget("w1@host")
+    assert store.expired_attempts(now=later, limit=5, lost_after=5.0) == []

@@ -20,6 +20,7 @@ def worker_env(pg_url: str, broker_url: str) -> dict[str, str]:
         "SAGAKIT_SWEEP_INTERVAL": "0.3",
         "SAGAKIT_REDRIVE_AFTER": "4",
         "SAGAKIT_TIMEOUT_GRACE": "1",
+        "SAGAKIT_WORKER_LOST_AFTER": "4",
         "SAGAKIT_VISIBILITY_TIMEOUT": "30",
         "SAGAKIT_LOG_LEVEL": "INFO",
     }

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
 from typing import Annotated, Any
 
 import typer
 from celery import signals
+from celery.utils.nodenames import default_nodename, host_format
 
+from ..engine import Heartbeat, utcnow
 from ..logs import configure_logging
 from ..runtime.worker import Sweeper
 from ..settings import load_settings
@@ -50,22 +54,31 @@ def register(app: typer.Typer) -> None:
         if settings.embedded:
             _run_embedded(system)
             return
-        background = Sweeper(lambda: system.engine, settings.sweep_interval)
+        born = utcnow()  # before any task can be claimed: see Heartbeat and restart detection
+        background = Sweeper(lambda: system.engine, settings.sweep_interval, sweep=sweeper)
 
-        def start_sweeper(**_: Any) -> None:
-            if sweeper:
-                background.start()
+        def start_sweeper(sender: Any = None, **_: Any) -> None:
+            # The heartbeat names this worker as its tasks record it (the Celery node name).
+            name = getattr(sender, "hostname", None)
+            if name:
+                background.heartbeat = Heartbeat(name, os.getpid(), born)
+            background.start()
 
         def stop_sweeper(**_: Any) -> None:
             background.stop()
+            if background.heartbeat is not None:
+                with contextlib.suppress(Exception):
+                    system.engine.store.forget(background.heartbeat.name)
 
         signals.worker_ready.connect(start_sweeper, weak=False)
         signals.worker_shutdown.connect(stop_sweeper, weak=False)
+        # Expand %h, %n and %d as the celery command does (and default to celery@host).
+        node = host_format(default_nodename(hostname))
         system.celery.Worker(
             queues=selected,
             concurrency=concurrency,
             pool=pool,
-            hostname=hostname,
+            hostname=node,
             loglevel=settings.log_level,
             redirect_stdouts=False,
         ).start()

@@ -10,17 +10,26 @@ from typing import TYPE_CHECKING, Any
 from celery.worker import WorkController
 
 if TYPE_CHECKING:
-    from ..engine import Engine
+    from ..engine import Engine, Heartbeat
 
 logger = logging.getLogger(__name__)
 
 
 class Sweeper:
-    """Runs `engine.sweep()` every `interval` seconds on a daemon thread until stopped."""
+    """Every `interval` seconds: beat for this worker and (unless told not to) sweep."""
 
-    def __init__(self, engine: Callable[[], Engine], interval: float) -> None:
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        interval: float,
+        heartbeat: Heartbeat | None = None,
+        *,
+        sweep: bool = True,
+    ) -> None:
         self._engine = engine
         self._interval = interval
+        self._sweep = sweep
+        self.heartbeat = heartbeat
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -36,21 +45,32 @@ class Sweeper:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                report = self._engine().sweep()
-            except Exception:
-                logger.warning("sweep failed; will try again", exc_info=True)
-                continue
-            if report.resent or report.timed_out or report.deadlines:
-                logger.info(
-                    "sweep",
-                    extra={
-                        "resent": report.resent,
-                        "timed_out": report.timed_out,
-                        "deadlines": report.deadlines,
-                    },
-                )
+        # The first beat goes out at once: a worker killed in its first interval must be
+        # known to have existed.
+        while True:
+            self._once()
+            if self._stop.wait(self._interval):
+                return
+
+    def _once(self) -> None:
+        try:
+            if not self._sweep:  # heartbeat only
+                if self.heartbeat is not None:
+                    self._engine().beat(self.heartbeat)
+                return
+            report = self._engine().sweep(heartbeat=self.heartbeat)
+        except Exception:
+            logger.warning("sweep failed; will try again", exc_info=True)
+            return
+        if report.resent or report.timed_out or report.deadlines:
+            logger.info(
+                "sweep",
+                extra={
+                    "resent": report.resent,
+                    "timed_out": report.timed_out,
+                    "deadlines": report.deadlines,
+                },
+            )
 
 
 class _ThreadWorker(WorkController):  # type: ignore[misc]

@@ -122,6 +122,16 @@ outbox = sa.Table(
     sa.Index("ix_sagakit_outbox_due", "sent_at", "not_before"),
 )
 
+workers = sa.Table(
+    "sagakit_workers",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("beat_at", UTCDateTime, nullable=False),
+)
+"""Heartbeats of live workers: a worker that stops beating has lost its running attempts."""
+
 idempotency_keys = sa.Table(
     "sagakit_idempotency_keys",
     metadata,

@@ -284,17 +284,50 @@ class SqlSagaStore:
                 t.outbox.update().where(t.outbox.c.task_id.in_(list(task_ids))).values(sent_at=None)
             )
 
-    def expired_attempts(self, *, now: datetime, limit: int) -> list[AttemptRecord]:
-        """Running attempts whose deadline has passed."""
-        a = t.step_attempts.c
+    def expired_attempts(
+        self, *, now: datetime, limit: int, lost_after: float | None = None
+    ) -> list[tuple[AttemptRecord, str]]:
+        """Running attempts past their deadline, or held by a worker that died; with why.
+
+        A worker has died when it stopped beating for `lost_after` seconds, or when a worker
+        of the same name started after the attempt did (it was restarted).
+        """
+        a, w = t.step_attempts.c, t.workers.c
+        lost: sa.ColumnElement[bool] = sa.false()
+        if lost_after is not None:
+            silent = now - timedelta(seconds=lost_after)
+            lost = sa.and_(
+                w.name.is_not(None), sa.or_(w.beat_at < silent, w.started_at > a.started_at)
+            )
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(t.step_attempts)
-                .where(a.status == "running", a.deadline_at < now)
-                .order_by(a.deadline_at)
+                sa.select(t.step_attempts, lost.label("lost"))
+                .select_from(t.step_attempts.outerjoin(t.workers, w.name == a.worker))
+                .where(a.status == "running", sa.or_(a.deadline_at < now, lost))
+                .order_by(a.id)
                 .limit(limit)
             ).all()
-        return [_attempt(r) for r in rows]
+        return [
+            (_attempt(r), f"worker {r.worker} stopped" if r.lost else "timed out") for r in rows
+        ]
+
+    def beat(self, name: str, *, pid: int, started_at: datetime, now: datetime) -> None:
+        """Record that the worker `name` is alive."""
+        statement = self._insert(t.workers).values(
+            name=name, pid=pid, started_at=started_at, beat_at=now
+        )
+        with self.begin() as conn:
+            conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["name"],
+                    set_={"pid": pid, "started_at": started_at, "beat_at": now},
+                )
+            )
+
+    def forget(self, name: str) -> None:
+        """Remove a worker that shut down cleanly."""
+        with self.begin() as conn:
+            conn.execute(t.workers.delete().where(t.workers.c.name == name))
 
     def expired_sagas(self, *, now: datetime, limit: int) -> list[str]:
         """Ids of unfinished sagas whose deadline has passed."""
