@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
                 saga_id = engine.start("slam", data).saga_id
                 engine.wait(saga_id, timeout=timeout)
                 view = view_of(engine, saga_id)
-                console.print(render.saga(view, with_history=False))
+                console.print(render.saga(view, with_history=False, width=console.width))
                 _explain(console, view)
                 outcomes.append(view["status"] == expected)
         if not all(outcomes):

@@ -52,31 +52,36 @@ def header(view: dict[str, Any]) -> Text:
     return text
 
 
-def timeline(view: dict[str, Any]) -> Table:
+WIDE = 150
+"""Below this many columns the timeline leaves out start, end, worker and task id."""
+
+
+def timeline(view: dict[str, Any], width: int = WIDE) -> Table:
     """Every attempt of every action and compensation, in the order they were scheduled."""
+    wide = width >= WIDE
     table = Table(title="timeline", title_justify="left", expand=False)
-    for column in ("step", "kind", "#", "status", "start", "end", "took", "worker"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("task id", no_wrap=True)
-    table.add_column("error", overflow="fold", max_width=48)
+    short = [("step", 8), ("kind", 10), ("#", 2), ("status", 11)]
+    if wide:
+        short += [("start", 12), ("end", 12)]
+    for column, min_width in [*short, ("took", 7)]:
+        table.add_column(column, no_wrap=True, min_width=min_width)
+    # Narrow terminals get the error but not worker and task id (see --json or a wider one).
+    for column in ("worker", "task id", "error") if wide else ("error",):
+        table.add_column(column, overflow="fold", max_width=48)
     rows = []
     for step in view["steps"]:
         for attempt in step["attempts"] + step["compensations"]:
             rows.append((attempt["scheduled_at"] or "", step["name"], attempt))
     for _, name, a in sorted(rows, key=lambda row: row[0]):
         kind = "action" if a["direction"] == "action" else "compensate"
-        table.add_row(
-            name,
-            kind,
-            str(a["attempt"]),
-            styled(a["status"]),
-            _clock(a["started_at"]),
-            _clock(a["finished_at"]),
-            _secs(a["duration"]),
-            a["worker"] or "-",
-            a["task_id"],
-            (a["error"] or "")[:80],
-        )
+        cells: list[Any] = [name, kind, str(a["attempt"]), styled(a["status"])]
+        if wide:
+            cells += [_clock(a["started_at"]), _clock(a["finished_at"])]
+        cells.append(_secs(a["duration"]))
+        if wide:
+            cells += [a["worker"] or "-", a["task_id"]]
+        cells.append((a["error"] or "")[:80])
+        table.add_row(*cells)
     return table
 
 
@@ -97,9 +102,9 @@ def history(view: dict[str, Any]) -> Table:
     return table
 
 
-def saga(view: dict[str, Any], *, with_history: bool = True) -> Group:
+def saga(view: dict[str, Any], *, with_history: bool = True, width: int = WIDE) -> Group:
     """Header, timeline and (optionally) history of one saga."""
-    parts: list[Any] = [header(view), timeline(view)]
+    parts: list[Any] = [header(view), timeline(view, width)]
     if with_history:
         parts.append(history(view))
     return Group(*parts)

@@ -126,7 +126,8 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 typer.echo(json.dumps(view, default=str))
             else:
-                render.console().print(render.saga(view, with_history=False))
+                out = render.console()
+                out.print(render.saga(view, with_history=False, width=out.width))
             if view["status"] != "completed":
                 raise typer.Exit(1)
 
@@ -164,7 +165,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(view, default=str))
         else:
-            render.console().print(render.saga(view))
+            out = render.console()
+            out.print(render.saga(view, width=out.width))
 
     @app.command()
     def cancel(
