@@ -9,24 +9,15 @@ from __future__ import annotations
 import json
 import re
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from examples.slam import db as slam_db
-from sagakit import Settings
-from sagakit.api import create_app
-from sagakit.settings import EMBEDDED_BROKER
-
-with warnings.catch_warnings():
-    # Starlette's test client prefers httpx2 and says so once, at import time.
-    warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette\.testclient`")
-    from fastapi.testclient import TestClient
+from tests.support.api_app import TestClient, running_client
 
 SETTLED = ("completed", "compensated", "failed")
 MISSION = {"robots": 2, "area": "warehouse"}
@@ -46,27 +37,6 @@ MISSION_STEPS = [
 def _forget_slam_engines() -> Iterator[None]:
     yield
     slam_db.dispose_engines()  # the SLAM services cache one engine per (temporary) database
-
-
-def running_client(tmp_path: Path, **settings: Any) -> Iterator[TestClient]:
-    """An embedded app on a SQLite file in `tmp_path`, its lifespan running."""
-    url = f"sqlite:///{tmp_path}/api.db"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("SLAM_DATABASE_URL", url)
-        env.setenv("SLAM_OUTPUT_DIR", str(tmp_path))
-        app = create_app(
-            Settings(
-                database_url=url,
-                broker_url=EMBEDDED_BROKER,
-                redis_url=None,
-                imports=["examples.slam"],
-                sweep_interval=0.2,
-                sse_max_seconds=30,
-                **settings,
-            )
-        )
-        with TestClient(app) as client:
-            yield client
 
 
 def start(client: TestClient, saga_input: dict[str, Any], **headers: str) -> str:

@@ -14,7 +14,6 @@ run under this pytest (it sets ``node._nodeid``, which pytest 9 no longer has).
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,14 +28,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from examples.slam import db as slam_db
-from sagakit import Settings, System
+from sagakit import System
 from sagakit.api import create_app
-from sagakit.settings import EMBEDDED_BROKER
-
-with warnings.catch_warnings():
-    # Starlette's test client prefers httpx2 and says so once, at import time.
-    warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette\.testclient`")
-    from fastapi.testclient import TestClient
+from tests.support.api_app import TestClient, embedded_settings, running_client
 
 SETTLED = ("completed", "compensated", "failed")
 CHECKS = [
@@ -47,31 +41,16 @@ CHECKS = [
 ]
 
 
-def _settings(database_url: str) -> Settings:
-    return Settings(
-        database_url=database_url,
-        broker_url=EMBEDDED_BROKER,
-        redis_url=None,
-        imports=["examples.slam"],
-        sweep_interval=0.2,
-        sse_max_seconds=10,
-    )
-
-
 # The OpenAPI document depends on the code only, not on the database or a running worker.
-SPEC = create_app(system=System(_settings("sqlite://"), migrate=False)).openapi()
+SPEC = create_app(
+    system=System(embedded_settings("sqlite://", sse_max_seconds=10), migrate=False)
+).openapi()
 schema = schemathesis.openapi.from_dict(SPEC)
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    tmp_path = tmp_path_factory.mktemp("fuzz")
-    url = f"sqlite:///{tmp_path}/api.db"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("SLAM_DATABASE_URL", url)
-        env.setenv("SLAM_OUTPUT_DIR", str(tmp_path))
-        with TestClient(create_app(_settings(url))) as running:
-            yield running
+    yield from running_client(tmp_path_factory.mktemp("fuzz"), sse_max_seconds=10)
     slam_db.dispose_engines()
 
 
