@@ -87,3 +87,13 @@ def test_retry_of_a_saga_that_did_not_fail_is_refused(env: dict[str, str]) -> No
     result = sagakit(env, "retry", saga_id)
     assert result.returncode == 2
     assert "only a failed saga can be retried" in result.stderr
+
+
+def test_bench_runs_sagas_and_reports_percentiles(env: dict[str, str]) -> None:
+    result = sagakit(env, "bench", "--sagas", "6", "--steps", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["sagas"], report["steps"], report["completed"]) == (6, 3, 6)
+    assert report["unfinished"] == 0
+    assert 0 < report["p50_ms"] <= report["p90_ms"] <= report["p99_ms"]
+    assert report["sagas_per_second"] > 0

@@ -377,6 +377,15 @@ class SqlSagaStore:
             rows = conn.execute(query.limit(limit).offset(offset)).all()
         return [_saga(r) for r in rows]
 
+    def statuses(self, saga_ids: Sequence[str]) -> dict[str, str]:
+        """The status of each of `saga_ids` that exists, in one query."""
+        s = t.sagas.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(s.saga_id, s.status).where(s.saga_id.in_(list(saga_ids)))
+            ).all()
+        return {str(r[0]): str(r[1]) for r in rows}
+
     def count_by_status(self) -> dict[tuple[str, str], int]:
         """Number of sagas per (type, status)."""
         s = t.sagas.c
