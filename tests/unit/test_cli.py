@@ -97,3 +97,18 @@ def test_bench_runs_sagas_and_reports_percentiles(env: dict[str, str]) -> None:
     assert report["unfinished"] == 0
     assert 0 < report["p50_ms"] <= report["p90_ms"] <= report["p99_ms"]
     assert report["sagas_per_second"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--robots", "0", "--area", "lab"], "input.robots: Input should be greater than or equal"),
+        (["--robots", "2", "--area", "lab", "--fail-at", "nope"], "unknown step 'nope'"),
+        (["--robots", "2", "--area", "no spaces"], "input.area: String should match pattern"),
+    ],
+)
+def test_bad_mission_input_is_one_line(env: dict[str, str], args: list[str], message: str) -> None:
+    result = sagakit({**env, "SAGAKIT_IMPORTS": "examples.slam"}, "run", "slam", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -57,14 +57,17 @@ def main() -> None:
         app()
     except SagaError as exc:
         render.console(stderr=True).print(
-            f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False
+            f"[bold red]error:[/] {escape(str(exc))}",
+            markup=True,
+            highlight=False,
+            soft_wrap=True,  # one line, whatever the terminal's width
         )
         raise SystemExit(2) from None
     except (SettingsError, ValidationError) as exc:
         first = str(exc).strip().splitlines()
         text = escape(" ".join(first[:3]))
         render.console(stderr=True).print(
-            f"[bold red]error:[/] settings: {text}", markup=True, highlight=False
+            f"[bold red]error:[/] settings: {text}", markup=True, highlight=False, soft_wrap=True
         )
         raise SystemExit(2) from None
     except KeyboardInterrupt:
