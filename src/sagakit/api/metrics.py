@@ -18,10 +18,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from ..core.machine import SETTLED_STATUSES
 from ..store.stats import BUCKETS, Histogram, snapshot
-
-FINISHED = ("completed", "compensated", "failed")
-IN_FLIGHT = ("pending", "running", "compensating")
 
 
 def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
@@ -54,7 +52,7 @@ class SagaLogCollector(Collector):
         totals: dict[str, int] = {}
         for (saga_type, status), count in sorted(snap.by_status.items()):
             totals[saga_type] = totals.get(saga_type, 0) + count
-            if status in FINISHED:
+            if status in SETTLED_STATUSES:
                 finished.add_metric([saga_type, status], count)
             else:
                 in_flight.add_metric([saga_type, status], count)

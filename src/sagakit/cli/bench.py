@@ -12,11 +12,10 @@ import typer
 
 from ..bench import MAX_STEPS
 from ..core.errors import InvalidInput
+from ..core.machine import SETTLED_STATUSES
 from ..logs import configure_logging
 from . import render
 from .sagas import open_system
-
-SETTLED = ("completed", "compensated", "failed")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -51,7 +50,7 @@ def register(app: typer.Typer) -> None:
             while pending and time.monotonic() < deadline:
                 # One query per poll: the benchmark must not load the database it measures.
                 statuses = engine.store.statuses(sorted(pending))
-                pending = {s for s in pending if statuses.get(s) not in SETTLED}
+                pending = {s for s in pending if statuses.get(s) not in SETTLED_STATUSES}
                 time.sleep(0.1)
             records = [engine.get(s) for s in ids]
         done = [r for r in records if r.finished_at is not None]

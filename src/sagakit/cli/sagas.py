@@ -12,6 +12,7 @@ import typer
 from rich.live import Live
 
 from ..core.errors import InvalidInput
+from ..core.machine import SETTLED_STATUSES, SagaStatus
 from ..engine import SAGA_ID, Engine
 from ..store.records import SagaRecord
 from ..system import System
@@ -68,7 +69,7 @@ def follow(engine: Engine, saga_id: str, timeout: float, live: bool) -> dict[str
         transient=True,
         auto_refresh=live,
     ) as display:
-        while view["status"] not in ("completed", "compensated", "failed"):
+        while view["status"] not in SETTLED_STATUSES:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"saga {saga_id} still {view['status']} after {timeout}s")
             time.sleep(0.1)
@@ -139,7 +140,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
         """List sagas, newest first."""
-        statuses = ("pending", "running", "compensating", "completed", "compensated", "failed")
+        statuses = [s.value for s in SagaStatus]
         if status is not None and status not in statuses:
             raise InvalidInput("--status", f"{status!r} is not one of {', '.join(statuses)}")
         with ExitStack() as stack:

@@ -39,6 +39,10 @@ class SagaStatus(StrEnum):
         return self in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
 
 
+SETTLED_STATUSES: tuple[str, ...] = tuple(s.value for s in SagaStatus if s.settled)
+"""Status words of sagas that nothing advances without an operator."""
+
+
 class StepStatus(StrEnum):
     """Where one step instance stands."""
 

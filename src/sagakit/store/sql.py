@@ -23,8 +23,6 @@ from ..core.machine import SagaState
 from . import schema as t
 from .records import AttemptRecord, Claim, OutboxMessage, SagaRecord, TransitionRecord
 
-SETTLED = ("completed", "compensated", "failed")
-
 
 def make_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
     """Create an engine with the pragmas and pool settings sagakit relies on."""
@@ -129,7 +127,7 @@ class SqlSagaStore:
 
     def save(self, conn: sa.Connection, state: SagaState, *, now: datetime) -> None:
         """Write the saga's new state (the row is locked by `lock`)."""
-        settled = state.status.value in SETTLED
+        settled = state.status.settled
         conn.execute(
             t.sagas.update()
             .where(t.sagas.c.saga_id == state.saga_id)

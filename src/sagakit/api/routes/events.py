@@ -19,13 +19,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from ...core.machine import SETTLED_STATUSES
 from ...system import System
 from ...views import transition_view
 from ..deps import SystemDep
 from .sagas import ERRORS, SagaId
 
 router = APIRouter(prefix="/api/sagas", tags=["sagas"])
-SETTLED = ("completed", "compensated", "failed")
 
 
 def _key(entry: dict[str, Any]) -> tuple[str, str, str, str]:
@@ -61,7 +61,7 @@ class _Follower:
             if _key(entry) not in self.seen:
                 self.seen.add(_key(entry))
                 fresh.append(entry)
-        return fresh, record.status in SETTLED
+        return fresh, record.status in SETTLED_STATUSES
 
     def from_stream(self, fields: dict[str, str]) -> dict[str, Any] | None:
         if fields.get("saga_id") != self.saga_id:
@@ -122,7 +122,8 @@ async def _follow(
                         if streamed is not None:
                             yield _sse(streamed)
                             settled |= (
-                                streamed["event"].startswith("saga_") and streamed["to"] in SETTLED
+                                streamed["event"].startswith("saga_")
+                                and streamed["to"] in SETTLED_STATUSES
                             )
             else:
                 await asyncio.sleep(0.5)
