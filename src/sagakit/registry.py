@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .core.definition import Saga
 from .core.errors import SagaError
@@ -20,6 +21,23 @@ class ImportFailed(SagaError):
             "or set SAGAKIT_IMPORTS to modules on the Python path"
         )
         self.module = module
+
+
+def hooks(modules: Iterable[str], attribute: str) -> list[Callable[..., Any]]:
+    """The callables named `attribute` in `modules` (e.g. ``register_cli``), in order.
+
+    A module that cannot be imported contributes nothing: `discover` reports it.
+    """
+    found = []
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        hook = getattr(module, attribute, None)
+        if callable(hook):
+            found.append(hook)
+    return found
 
 
 def discover(modules: Iterable[str]) -> dict[str, Saga]:

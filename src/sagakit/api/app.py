@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __doc__ as package_doc
+from ..registry import hooks
 from ..settings import Settings, load_settings
 from ..system import System
 from . import errors
@@ -65,8 +65,6 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
         return RedirectResponse("/docs")
 
     # Modules named by SAGAKIT_IMPORTS may add routes (e.g. GET /api/robots).
-    for name in system.settings.imports:
-        hook = getattr(importlib.import_module(name), "register_api", None)
-        if callable(hook):
-            hook(app)
+    for hook in hooks(system.settings.imports, "register_api"):
+        hook(app)
     return app

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
@@ -11,6 +10,7 @@ from pydantic_settings import SettingsError
 from rich.markup import escape
 
 from ..core.errors import SagaError
+from ..registry import hooks
 from ..settings import load_settings
 from . import render
 
@@ -36,14 +36,8 @@ def _register_commands() -> None:
         modules = load_settings().imports
     except Exception:
         return
-    for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        hook = getattr(module, "register_cli", None)
-        if callable(hook):
-            hook(app)
+    for hook in hooks(modules, "register_cli"):
+        hook(app)
 
 
 def main() -> None:
