@@ -15,7 +15,7 @@ from .runtime.app import SAGAKIT_QUEUE, bind_engine, engine_for, make_celery
 from .runtime.dispatch import CeleryDispatcher
 from .runtime.worker import EmbeddedWorker
 from .settings import Settings, load_settings
-from .store import SqlSagaStore, make_engine, upgrade
+from .store import SqlSagaStore, make_engine, upgrade_database
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class System:
         )
         self._check_timeouts()
         if migrate:
-            upgrade(make_engine(self.settings.database_url))
+            upgrade_database(self.settings.database_url)
         bind_engine(self.celery, self._build_engine)
         self._embedded: EmbeddedWorker | None = None
 

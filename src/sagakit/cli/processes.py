@@ -16,7 +16,7 @@ from ..engine import Heartbeat, utcnow
 from ..logs import configure_logging
 from ..runtime.worker import Sweeper
 from ..settings import load_settings
-from ..store import make_engine, upgrade
+from ..store import upgrade_database
 from ..system import System, install_worker_logging
 
 
@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
     def migrate() -> None:
         """Create or upgrade the saga log's tables (Alembic)."""
         settings = load_settings()
-        upgrade(make_engine(settings.database_url))
+        upgrade_database(settings.database_url)
         typer.echo("saga log is up to date")
 
     @app.command()

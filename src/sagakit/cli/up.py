@@ -25,7 +25,7 @@ import typer
 from ..core.errors import SagaError
 from ..runtime.app import SAGAKIT_QUEUE
 from ..settings import Settings, load_settings
-from ..store import make_engine, upgrade
+from ..store import upgrade_database
 from ..system import System
 
 
@@ -153,7 +153,7 @@ def register(app: typer.Typer) -> None:
                 "SAGAKIT_BROKER_URL=redis://HOST:6379/0 (and SAGAKIT_REDIS_URL for live "
                 "events). Without services, `sagakit api` serves the embedded default."
             )
-        upgrade(make_engine(settings.database_url))
+        upgrade_database(settings.database_url)
         system = System(settings, migrate=False)
         password = settings.flower_password or secrets.token_urlsafe(12)
         children = plan(settings, system, concurrency, password)

@@ -1,6 +1,6 @@
 """The saga log (SQL): schema, migrations and SqlSagaStore."""
 
-from .migrate import upgrade
+from .migrate import upgrade, upgrade_database
 from .records import AttemptRecord, Claim, OutboxMessage, SagaRecord, TransitionRecord
 from .schema import UTCDateTime
 from .sql import SqlSagaStore, make_engine
@@ -15,4 +15,5 @@ __all__ = [
     "UTCDateTime",
     "make_engine",
     "upgrade",
+    "upgrade_database",
 ]

@@ -6,6 +6,8 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from .sql import make_engine
+
 _LOCK_ID = 0x5A6A_1D  # PostgreSQL advisory lock: one migrator at a time
 
 
@@ -15,6 +17,19 @@ def alembic_config(connection: sa.Connection) -> Config:
     config.set_main_option("script_location", "sagakit.store:migrations")
     config.attributes["connection"] = connection
     return config
+
+
+def upgrade_database(url: str) -> None:
+    """Migrate the database at `url` to head, and close the connection used for it.
+
+    Closing matters: a pooled connection left open here would be inherited by every
+    prefork worker process.
+    """
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
