@@ -16,8 +16,9 @@ import sqlalchemy as sa
 
 from sagakit import load_settings
 from sagakit.idempotency import ensure_table
-from sagakit.store import UTCDateTime, make_engine, upgrade
-from sagakit.store.sql import normalise_url
+from sagakit.store import make_db as make_engine
+from sagakit.store import normalise_url, upgrade
+from sagakit.store.schema import UTCDateTime
 
 logger = logging.getLogger(__name__)
 

@@ -10,13 +10,15 @@ from .core.errors import (
     InvalidInput,
     InvalidTransition,
     NonRetryableError,
+    RetryableError,
     SagaError,
     SagaNotFound,
     UnknownSagaType,
 )
-from .core.machine import SagaStatus, StepStatus
+from .core.state import SagaStatus, StepStatus
 from .engine import Engine, StartResult
-from .runtime.tasks import StepContext, saga_task
+from .runtime.context import StepContext
+from .runtime.tasks import saga_task
 from .settings import Settings, load_settings
 from .system import System
 
@@ -44,6 +46,7 @@ __all__ = [
     "InvalidInput",
     "InvalidTransition",
     "NonRetryableError",
+    "RetryableError",
     "SagaError",
     "SagaNotFound",
     "UnknownSagaType",

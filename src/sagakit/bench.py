@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .core.definition import RetryPolicy, Saga, Step
-from .runtime.tasks import StepContext, saga_task
+from .runtime.context import StepContext
+from .runtime.tasks import saga_task
 
 BENCH_QUEUE = "bench"
 MAX_STEPS = 8

@@ -14,8 +14,19 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 
-from .store.schema import idempotency_keys
+from .store.schema import UTCDateTime
+
+metadata = sa.MetaData()
+idempotency_keys = sa.Table(
+    "sagakit_idempotency_keys",
+    metadata,
+    sa.Column("key", sa.String(300), primary_key=True),
+    sa.Column("result", sa.JSON().with_variant(JSONB(), "postgresql")),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+"""One row per step key that took effect, in the service's own database."""
 
 T = TypeVar("T")
 

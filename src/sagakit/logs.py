@@ -11,6 +11,8 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
 
+from .messages import parse_task_id
+
 _context: ContextVar[Mapping[str, Any]] = ContextVar(
     "sagakit_log_context", default=MappingProxyType({})
 )
@@ -27,16 +29,25 @@ def saga_context(saga_id: str, **fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
-def current_context() -> Mapping[str, Any]:
-    """Return the fields attached by the innermost `saga_context`."""
-    return _context.get()
+def _from_task(record: logging.LogRecord) -> Mapping[str, Any]:
+    """Saga id, step and attempt of the task a Celery log line is about (its task id)."""
+    data = getattr(record, "data", None)
+    task_id = data.get("id") if isinstance(data, Mapping) else getattr(record, "task_id", None)
+    parsed = parse_task_id(task_id) if isinstance(task_id, str) else None
+    if parsed is None:
+        return {}
+    return {"saga_id": parsed.saga_id, "step": parsed.step, "attempt": parsed.attempt}
 
 
 class ContextFilter(logging.Filter):
-    """Copy the saga context onto each record (with '-' outside a saga)."""
+    """Copy the saga context onto each record (with '-' outside a saga).
+
+    Celery's own lines (received, succeeded, raised) are logged outside any saga context;
+    their task id says which saga, step and attempt they are about.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        context = _context.get()
+        context = _context.get() or _from_task(record)
         for key in _FIELDS:
             if not hasattr(record, key):
                 setattr(record, key, context.get(key, "-"))

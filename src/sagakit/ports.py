@@ -1,22 +1,27 @@
-"""The engine's outward ports: how commands leave and how events are published."""
+"""The engine's outward ports: how messages leave and who hears of transitions."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
-from .store.records import OutboxMessage
+from .journal import Entry
+from .messages import OutboxMessage
 
 
 class Dispatcher(Protocol):
-    """Sends one outbox message to its service's queue."""
+    """Sends step messages to their services' queues."""
 
-    def send(self, message: OutboxMessage) -> None:
-        """Send the message; raise if the broker cannot take it (it is re-sent later)."""
+    def send(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
+        """Send the messages (in one round trip where the broker allows it).
+
+        Returns the messages the broker did not take; the caller marks them unsent and the
+        sweeper sends them again. Never raises for a broker that is down.
+        """
 
 
 class EventPublisher(Protocol):
-    """Publishes transition entries for live views (best effort)."""
+    """Hears of every transition's history entries (live views, other services)."""
 
-    def publish(self, entries: Sequence[dict[str, Any]]) -> None:
-        """Append entries to the event stream; may raise, callers log and go on."""
+    def publish(self, entries: Sequence[Entry]) -> None:
+        """Publish the entries; best effort: may raise, callers log and go on."""

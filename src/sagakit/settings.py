@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     sweep_interval: float = 1.0
     """Seconds between sweeps (outbox re-sends, timeouts, deadlines)."""
     redrive_after: float = 30.0
-    """Seconds after which a sent message that no worker claimed is sent again."""
+    """Seconds after which a message no worker holds, whose queue is empty, is sent again
+    (doubling with each re-send of the same message)."""
     timeout_grace: float = 5.0
     """Seconds added to a step's timeout before the sweeper declares it timed out."""
     worker_lost_after: float = 30.0
@@ -46,6 +47,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = 4
     sse_max_seconds: float = 3600.0
     """Longest an event stream stays open."""
+    sse_ping_seconds: float = 15.0
+    """Seconds between keep-alive comments on an idle event stream."""
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     flower_port: int = 5555

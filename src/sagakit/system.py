@@ -1,39 +1,70 @@
-"""Build a running sagakit from Settings: store, Celery app, engine, embedded worker."""
+"""Build a running sagakit from Settings: saga log, Celery app, engine, sweeper, worker."""
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from celery import signals
 
 from .engine import Engine
-from .events import RedisStreamPublisher
 from .logs import configure_logging
+from .queries import Queries
 from .registry import discover
 from .runtime.app import SAGAKIT_QUEUE, bind_engine, engine_for, make_celery
-from .runtime.dispatch import CeleryDispatcher
-from .runtime.worker import EmbeddedWorker
+from .runtime.dispatch import BrokerWatch, CeleryDispatcher
+from .runtime.worker import EmbeddedWorker, holdings
 from .settings import Settings, load_settings
-from .store import SqlSagaStore, make_engine, upgrade_database
+from .store import SqlLog, make_db, upgrade_database
+from .streams.publisher import RedisStreamPublisher
+from .sweeper import Identity, Sweeper
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Process:
+    """What one process (one prefork child) builds for itself: connections are not shared."""
+
+    pid: int
+    db: sa.Engine
+    engine: Engine
+    queries: Queries
 
 
 class System:
     """Everything one process needs, built once from Settings at the entry point."""
 
-    def __init__(self, settings: Settings | None = None, *, migrate: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        migrate: bool = True,
+        imports: Iterable[str] = (),
+    ) -> None:
         self.settings = settings or load_settings()
-        self.sagas = discover([*self.settings.imports, "sagakit.bench"])
+        self.sagas = discover([*self.settings.imports, *imports])
         self.celery = make_celery(
             self.settings.broker_url, visibility_timeout=self.settings.visibility_timeout
         )
         self._check_timeouts()
         if migrate:
             upgrade_database(self.settings.database_url)
-        bind_engine(self.celery, self._build_engine)
+        self._process: _Process | None = None
+        bind_engine(self.celery, lambda: self.process.engine)
         self._embedded: EmbeddedWorker | None = None
+
+    @property
+    def process(self) -> _Process:
+        """This process's connections and engine (rebuilt after a fork)."""
+        if self._process is None or self._process.pid != os.getpid():
+            self._process = self._build()
+        return self._process
 
     @property
     def engine(self) -> Engine:
@@ -43,6 +74,11 @@ class System:
         return engine
 
     @property
+    def queries(self) -> Queries:
+        """The read side."""
+        return self.process.queries
+
+    @property
     def queues(self) -> set[str]:
         """Every queue a registered saga uses, plus sagakit's own."""
         queues = {SAGAKIT_QUEUE}
@@ -50,20 +86,38 @@ class System:
             queues |= saga.queues
         return queues
 
-    def _build_engine(self) -> Engine:
+    def _build(self) -> _Process:
+        settings = self.settings
         events = None
-        if self.settings.redis_url:
+        if settings.redis_url:
             events = RedisStreamPublisher.from_url(
-                self.settings.redis_url, self.settings.events_stream, self.settings.events_maxlen
+                settings.redis_url, settings.events_stream, settings.events_maxlen
             )
-        return Engine(
-            SqlSagaStore(make_engine(self.settings.database_url)),
+        db = make_db(settings.database_url)
+        engine = Engine(
+            SqlLog(make_db(settings.database_url, autocommit=True)),
             self.sagas,
             CeleryDispatcher(self.celery),
             events=events,
-            redrive_after=self.settings.redrive_after,
-            timeout_grace=self.settings.timeout_grace,
-            worker_lost_after=self.settings.worker_lost_after,
+            timeout_grace=settings.timeout_grace,
+        )
+        return _Process(os.getpid(), db, engine, Queries(db))
+
+    def sweeper(self, name: str | None = None, *, born: datetime | None = None) -> Sweeper:
+        """A sweeper for this process; with `name`, it beats as that worker."""
+        settings = self.settings
+        identity = None
+        if name is not None:
+            identity = Identity(name, os.getpid(), born or datetime.now(UTC))
+        return Sweeper(
+            self.engine,
+            self.process.db,
+            broker=BrokerWatch(self.celery),
+            identity=identity,
+            holdings=holdings,
+            redrive_after=settings.redrive_after,
+            worker_lost_after=settings.worker_lost_after,
+            timeout_grace=settings.timeout_grace,
         )
 
     def _check_timeouts(self) -> None:
@@ -71,9 +125,8 @@ class System:
             return
         for saga in self.sagas.values():
             for step in saga.all_steps():
-                if step.timeout and step.timeout + self.settings.timeout_grace >= (
-                    self.settings.visibility_timeout
-                ):
+                limit = (step.timeout or 0) + 2 * self.settings.timeout_grace
+                if step.timeout and limit >= self.settings.visibility_timeout:
                     logger.warning(
                         "step timeout exceeds the broker visibility timeout",
                         extra={"step": step.name},
@@ -81,15 +134,19 @@ class System:
 
     def start_embedded(self) -> None:
         """Run an in-process worker and sweeper (embedded default, tests)."""
-        if self._embedded is None:
-            self._embedded = EmbeddedWorker(
-                self.celery,
-                lambda: self.engine,
-                self.queues,
-                concurrency=self.settings.worker_concurrency,
-                sweep_interval=self.settings.sweep_interval,
-            )
-            self._embedded.start()
+        if self._embedded is not None:
+            return
+        holder: dict[str, Sweeper] = {}
+        worker = EmbeddedWorker(
+            self.celery,
+            lambda: holder["sweeper"],
+            sorted(self.queues),
+            concurrency=self.settings.worker_concurrency,
+            sweep_interval=self.settings.sweep_interval,
+        )
+        holder["sweeper"] = self.sweeper(worker.hostname)
+        worker.start()
+        self._embedded = worker
 
     def close(self) -> None:
         """Stop the embedded worker, if any."""

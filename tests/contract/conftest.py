@@ -2,32 +2,49 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from sagakit.store import SqlSagaStore, make_engine, upgrade
+from sagakit.store import make_db, upgrade
 from sagakit.store.schema import metadata
+
+KEEP = {"sagakit_metrics_state", "alembic_version"}
+
+
+def _empty(url: str) -> None:
+    db = make_db(url)
+    upgrade(db)
+    with db.begin() as conn:  # leave the session database empty for the next test
+        for table in reversed(metadata.sorted_tables):
+            if table.name not in KEEP:
+                conn.execute(table.delete())
+    db.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/log.db"
-        return
-    url: str = request.getfixturevalue("pg_url")
-    engine = make_engine(url)
-    upgrade(engine)
-    yield url
-    with engine.begin() as conn:  # leave the session database empty for the next test
-        for table in reversed(metadata.sorted_tables):
-            conn.execute(table.delete())
-    engine.dispose()
+def dialect(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
-def store(db_url: str) -> Iterator[SqlSagaStore]:
-    engine = make_engine(db_url)
-    upgrade(engine)
-    yield SqlSagaStore(engine)
-    engine.dispose()
+def db_url(dialect: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if dialect == "sqlite":
+        yield f"sqlite:///{tmp_path}/log.db"
+        return
+    url: str = request.getfixturevalue("pg_url")
+    _empty(url)
+    yield url
+    _empty(url)
+
+
+@pytest.fixture
+def fresh_db_url(dialect: str, request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str]:
+    """Make another empty saga log database of the same dialect."""
+    counter = itertools.count()
+    if dialect == "sqlite":
+        return lambda: f"sqlite:///{tmp_path}/log{next(counter)}.db"
+    make: Callable[[], str] = request.getfixturevalue("pg_databases")
+    return make

@@ -14,7 +14,7 @@ from examples.slam.faults import Faults
 from examples.slam.saga import UNDO_RETRY, MissionInput
 from sagakit import InvalidInput, NonRetryableError, Settings, StepContext, System
 from sagakit.idempotency import once
-from sagakit.store.records import SagaRecord
+from sagakit.store import SagaRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FORWARD = ("allocate_robots", "plan_routes", "explore[0]", "explore[1]", "explore[2]")
@@ -32,11 +32,15 @@ class Mission:
     def run(self, timeout: float = 30.0, **fields: Any) -> SagaRecord:
         """Start a mission with `fields` as input and wait until it settles."""
         started = self.engine.start("slam", {"robots": 3, "area": "warehouse", **fields})
-        return self.engine.wait(started.saga_id, timeout=timeout)
+        return self.system.queries.wait(started.saga_id, timeout=timeout)
 
     def events(self, saga_id: str, event: str) -> list[str]:
         """Steps named by the history entries of kind `event`, in order."""
-        return [h.step or "" for h in self.engine.history(saga_id) if h.event == event]
+        return [h.step or "" for h in self.system.queries.history(saga_id) if h.event == event]
+
+    def step_output(self, saga_id: str, step: str) -> Any:
+        """What `step` returned."""
+        return next(s.output for s in self.system.queries.steps(saga_id) if s.state.name == step)
 
     def count(self, table: sa.Table, *where: Any) -> int:
         """Rows of a service table matching `where`."""
@@ -80,7 +84,7 @@ def test_happy_path_maps_the_area_and_returns_the_robots(mission: Mission) -> No
     record = mission.run()
 
     assert record.status == "completed", record.reason
-    output = next(s.output for s in record.state.steps if s.name == "integrate_maps")
+    output = mission.step_output(record.saga_id, "integrate_maps")
     png = Path(output["map_path"])
     assert png.parent == mission.output
     assert png.read_bytes().startswith(PNG_MAGIC)
@@ -156,7 +160,7 @@ def test_a_transient_failure_is_retried(mission: Mission) -> None:
     assert record.status == "completed", record.reason
     attempts = [
         h.attempt
-        for h in mission.engine.history(record.saga_id)
+        for h in mission.system.queries.history(record.saga_id)
         if h.step == "plan_routes" and h.event in ("step_failed", "step_completed")
     ]
     assert attempts == [1, 2, 3]
@@ -189,7 +193,7 @@ def test_an_operator_retry_finishes_the_compensation(mission: Mission) -> None:
     assert record.status == "failed"
 
     mission.engine.retry(record.saga_id)
-    record = mission.engine.wait(record.saga_id, timeout=30)
+    record = mission.system.queries.wait(record.saga_id, timeout=30)
 
     assert record.status == "compensated", record.reason
     assert mission.events(record.saga_id, "step_compensated")[-2:] == [
@@ -313,7 +317,7 @@ def test_concurrent_missions_never_share_a_robot(mission: Mission) -> None:
     started = [
         mission.engine.start("slam", {"robots": 3, "area": f"site{i}", "seed": i}) for i in range(4)
     ]
-    records = [mission.engine.wait(s.saga_id, timeout=40) for s in started]
+    records = [mission.system.queries.wait(s.saga_id, timeout=40) for s in started]
 
     for record in records:
         assert record.status == "completed" or "not enough free robots" in (record.reason or "")
@@ -336,7 +340,7 @@ def test_concurrent_missions_on_postgresql(
         started.append(
             mission.engine.start("slam", {"robots": 2, "area": "dock", "fail_at": "explore"})
         )
-        records = [mission.engine.wait(s.saga_id, timeout=60) for s in started]
+        records = [mission.system.queries.wait(s.saga_id, timeout=60) for s in started]
         for record in records[:-1]:
             assert record.status == "completed" or "not enough free robots" in (record.reason or "")
         assert records[-1].status == "compensated"

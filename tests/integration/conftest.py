@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sagakit import Engine, Settings, System
+from sagakit import Settings, System
+from tests.support.client import Client
 from tests.support.cluster import Cluster
 
 
@@ -53,7 +54,7 @@ def cluster(
 
 
 @pytest.fixture(scope="module")
-def engine(cluster: Cluster) -> Iterator[Engine]:
+def client(cluster: Cluster) -> Iterator[Client]:
     system = client_system(cluster.env)
-    yield system.engine
+    yield Client(system)
     system.close()

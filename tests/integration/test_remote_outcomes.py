@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sagakit import Engine
 from tests.integration.conftest import client_system, worker_env
+from tests.support.client import Client
 from tests.support.cluster import ROOT, Cluster, wait_for
 from tests.support.history import assert_compensated_in_reverse, steps_with
 
@@ -19,7 +19,7 @@ CELERY = str(Path(sys.executable).parent / "celery")
 
 
 @pytest.fixture
-def remote(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Engine, Cluster]]:
+def remote(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Client, Cluster]]:
     broker = redis_url.rsplit("/", 1)[0] + "/13"
     cluster = Cluster(worker_env(pg_url, broker), tmp_path)
     # The service worker: a plain Celery app, no database settings at all.
@@ -55,21 +55,21 @@ def remote(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Engine
     cluster.start("-Q", "sagakit", "-c", "1", name="recorder")
     system = client_system(cluster.env)
     try:
-        yield system.engine, cluster
+        yield Client(system), cluster
     finally:
         system.close()
         cluster.stop()
         log.close()
 
 
-def test_outcomes_travel_through_the_sagakit_queue(remote: tuple[Engine, Cluster]) -> None:
-    engine, cluster = remote
-    done = engine.start("linear", {}).saga_id
-    failed = engine.start("linear", {"faults": {"c": ["fail"]}}).saga_id
-    assert engine.wait(done, timeout=60).status == "completed", cluster.logs()
-    assert engine.wait(failed, timeout=60).status == "compensated", cluster.logs()
-    assert steps_with(engine, done, "step_completed") == ["a", "b", "c", "d"]
-    assert assert_compensated_in_reverse(engine, failed) == ["b", "a"]
+def test_outcomes_travel_through_the_sagakit_queue(remote: tuple[Client, Cluster]) -> None:
+    client, cluster = remote
+    done = client.start("linear", {}).saga_id
+    failed = client.start("linear", {"faults": {"c": ["fail"]}}).saga_id
+    assert client.wait(done, timeout=60).status == "completed", cluster.logs()
+    assert client.wait(failed, timeout=60).status == "compensated", cluster.logs()
+    assert steps_with(client, done, "step_completed") == ["a", "b", "c", "d"]
+    assert assert_compensated_in_reverse(client, failed) == ["b", "a"]
     # The recorder claimed the attempts on the service worker's behalf.
-    workers = {a.worker or "" for a in engine.attempts(done)}
+    workers = {a.worker or "" for a in client.attempts(done)}
     assert workers and all(w.startswith("service@") for w in workers), workers

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from datetime import datetime
 
-from sagakit.store import OutboxMessage
+from sagakit.journal import Entry
+from sagakit.messages import OutboxMessage
 
 
 class RecordingDispatcher:
@@ -16,26 +17,42 @@ class RecordingDispatcher:
         self.sent: list[OutboxMessage] = []
         self._lock = threading.Lock()
 
-    def send(self, message: OutboxMessage) -> None:
+    def send(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
         with self._lock:
-            self.sent.append(message)
+            self.sent.extend(messages)
+        return []
 
     def for_saga(self, saga_id: str) -> list[OutboxMessage]:
         return [m for m in self.sent if m.saga_id == saga_id]
 
 
 class FailingDispatcher(RecordingDispatcher):
-    """A broker that is down."""
+    """A broker that is down: it takes nothing."""
 
-    def send(self, message: OutboxMessage) -> None:
-        raise ConnectionError("broker unreachable")
+    def send(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
+        return list(messages)
 
 
 class RecordingPublisher:
     """Keeps every published history entry."""
 
     def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
+        self.entries: list[Entry] = []
 
-    def publish(self, entries: Sequence[dict[str, Any]]) -> None:
+    def publish(self, entries: Sequence[Entry]) -> None:
         self.entries.extend(entries)
+
+
+class Broker:
+    """What the sweeper asks of a broker, answered by the test."""
+
+    def __init__(self) -> None:
+        self.depths: dict[str, int] = {}
+        self.lost_before: datetime | None = None
+
+    def lost(self) -> datetime | None:
+        lost, self.lost_before = self.lost_before, None
+        return lost
+
+    def depth(self, queue: str) -> int | None:
+        return self.depths.get(queue, 0)

@@ -8,6 +8,7 @@ first K attempts), ``undo_fail_while:PATH`` (compensation fails while PATH exist
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -25,11 +26,15 @@ from sagakit import (
 
 FAST = RetryPolicy(max_attempts=3, initial_interval=0.05, backoff=2.0, max_interval=0.2)
 UNDO = RetryPolicy(max_attempts=3, initial_interval=0.05, backoff=2.0, max_interval=0.2)
+logger = logging.getLogger(__name__)
 TIMEOUT = float(os.environ.get("WORKLOAD_STEP_TIMEOUT", "20"))
 
 
 def step(name: str, **options: Any) -> Step:
     options.setdefault("compensation", f"work.undo_{name}")
+    # Every step reads its faults from the input: its messages carry the input, so the
+    # steps also run on service workers that cannot reach the saga log.
+    options.setdefault("reads", ("input",))
     return Step(
         name,
         action=f"work.{name}",
@@ -65,6 +70,7 @@ def _directives(ctx: StepContext) -> list[str]:
 
 def _perform(ctx: StepContext) -> dict[str, Any]:
     undo = ctx.direction == "compensation"
+    logger.info("performing %s", ctx.direction)
     for directive in _directives(ctx):
         kind, _, arg = directive.partition(":")
         if kind == "slow" or (kind == "slow_first" and ctx.attempt == 1):

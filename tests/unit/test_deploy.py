@@ -396,7 +396,7 @@ def test_worker_queues_are_saga_queues(config: dict[str, Any]) -> None:
     from sagakit.registry import discover
     from sagakit.runtime.app import SAGAKIT_QUEUE
 
-    sagas = discover(["examples.slam", "sagakit.bench"])
+    sagas = discover(["examples.slam"])
     step_queues = set().union(*(saga.queues for saga in sagas.values()))
     served: set[str] = set()
     services = config["services"]

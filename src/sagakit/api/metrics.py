@@ -1,12 +1,13 @@
 """Prometheus metrics computed from the saga log at scrape time.
 
 Counting in each process would leave every worker with a partial count; reading the
-shared saga log gives every scrape the whole truth, whichever process serves it.
+shared saga log gives every scrape the whole truth, whichever process serves it. The log's
+folded counters (`store.stats`) keep a scrape to a few indexed reads however long the log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
@@ -18,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ..core.machine import SETTLED_STATUSES
+from ..core.state import ACTIVE_STATUSES, SETTLED_STATUSES
 from ..store.stats import BUCKETS, Histogram, snapshot
 
 
@@ -30,34 +31,39 @@ def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
 class SagaLogCollector(Collector):
     """Yields sagakit's metrics from one read of the saga log."""
 
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
+    def __init__(self, db: sa.Engine, known_types: Iterable[str] = ()) -> None:
+        self.db = db
+        self.known_types = sorted(set(known_types))
 
     def collect(self) -> Iterator[Metric]:
         """Build every metric family."""
-        snap = snapshot(self.engine)
+        snap = snapshot(self.db)
+        types = sorted(set(self.known_types) | set(snap.started) | {k[0] for k in snap.in_flight})
         started = CounterMetricFamily(
             "sagakit_sagas_started", "Sagas started.", labels=["saga_type"]
         )
+        for saga_type in types:
+            started.add_metric([saga_type], snap.started.get(saga_type, 0))
         finished = CounterMetricFamily(
             "sagakit_sagas_finished",
             "Sagas that settled, by outcome.",
             labels=["saga_type", "outcome"],
         )
+        for saga_type in types:
+            for outcome in SETTLED_STATUSES:
+                finished.add_metric(
+                    [saga_type, outcome], snap.finished.get((saga_type, outcome), 0)
+                )
         in_flight = GaugeMetricFamily(
             "sagakit_sagas_in_flight",
             "Sagas not yet settled, by status.",
             labels=["saga_type", "status"],
         )
-        totals: dict[str, int] = {}
-        for (saga_type, status), count in sorted(snap.by_status.items()):
-            totals[saga_type] = totals.get(saga_type, 0) + count
-            if status in SETTLED_STATUSES:
-                finished.add_metric([saga_type, status], count)
-            else:
-                in_flight.add_metric([saga_type, status], count)
-        for saga_type, count in sorted(totals.items()):
-            started.add_metric([saga_type], count)
+        for saga_type in types:
+            for status in ACTIVE_STATUSES:
+                in_flight.add_metric(
+                    [saga_type, status], snap.in_flight.get((saga_type, status), 0)
+                )
         saga_seconds = HistogramMetricFamily(
             "sagakit_saga_duration_seconds",
             "Time from start to settling, by outcome.",
@@ -90,6 +96,28 @@ class SagaLogCollector(Collector):
                 failures[key] = failures.get(key, 0) + count
         for (saga_type, step), count in sorted(failures.items()):
             compensation_failures.add_metric([saga_type, step], count)
+        outbox = GaugeMetricFamily(
+            "sagakit_outbox_unsent",
+            "Step messages due but not sent (a broker that refused them, a sweeper that is "
+            "not running).",
+        )
+        outbox.add_metric([], snap.unsent)
+        outstanding = GaugeMetricFamily(
+            "sagakit_outbox_outstanding",
+            "Step messages sent and not yet answered (queued or running).",
+        )
+        outstanding.add_metric([], snap.outstanding)
+        oldest = GaugeMetricFamily(
+            "sagakit_outbox_oldest_unsent_seconds",
+            "Age of the oldest due message not sent yet (0 when none): the first thing to "
+            "check when sagas stall.",
+        )
+        oldest.add_metric([], snap.oldest_unsent or 0.0)
+        lag = GaugeMetricFamily(
+            "sagakit_metrics_watermark_timestamp_seconds",
+            "Up to when the saga log's counters are folded (the rest is read live).",
+        )
+        lag.add_metric([], snap.watermark.timestamp())
         yield from (
             started,
             finished,
@@ -98,11 +126,15 @@ class SagaLogCollector(Collector):
             step_seconds,
             attempts,
             compensation_failures,
+            outbox,
+            outstanding,
+            oldest,
+            lag,
         )
 
 
-def registry_for(engine: sa.Engine) -> CollectorRegistry:
+def registry_for(db: sa.Engine, known_types: Iterable[str] = ()) -> CollectorRegistry:
     """A registry holding only sagakit's saga-log collector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SagaLogCollector(engine))
+    registry.register(SagaLogCollector(db, known_types))
     return registry

@@ -6,7 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Status = Literal["pending", "running", "compensating", "completed", "compensated", "failed"]
+from ..core.state import SagaStatus
+
+Status = SagaStatus
+"""A saga's status word."""
 
 
 class StartSaga(BaseModel):
@@ -41,6 +44,7 @@ class SagaSummary(BaseModel):
 
     id: str
     type: str
+    definition_version: int
     status: Status
     reason: str | None
     failed_step: str | None
@@ -61,6 +65,7 @@ class Attempt(BaseModel):
     queue: str
     worker: str | None
     scheduled_at: str | None
+    not_before: str | None
     started_at: str | None
     finished_at: str | None
     duration: float | None
@@ -74,6 +79,8 @@ class StepView(BaseModel):
 
     name: str
     step: str
+    index: int | None
+    stage: int
     status: str
     item: Any = None
     output: Any = None
@@ -99,7 +106,6 @@ class SagaDetail(SagaSummary):
     """Everything about one saga."""
 
     input: dict[str, Any]
-    definition_version: int
     idempotency_key: str | None
     deadline_at: str | None
     steps: list[StepView]
@@ -107,12 +113,11 @@ class SagaDetail(SagaSummary):
 
 
 class SagaPage(BaseModel):
-    """One page of sagas, newest first."""
+    """One page of sagas, newest first; pass `next_cursor` as `cursor` for the next."""
 
     items: list[SagaSummary]
     limit: int
-    offset: int
-    next_offset: int | None
+    next_cursor: str | None
 
 
 class Health(BaseModel):

@@ -12,7 +12,7 @@ import typer
 
 from ..bench import MAX_STEPS
 from ..core.errors import InvalidInput
-from ..core.machine import SETTLED_STATUSES
+from ..core.state import SETTLED_STATUSES
 from ..logs import configure_logging
 from . import render
 from .sagas import open_system
@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
             raise InvalidInput("--steps", f"at most {MAX_STEPS}")
         configure_logging("WARNING")
         with ExitStack() as stack:
-            system = open_system(stack, worker=True)
+            system = open_system(stack, worker=True, imports=["sagakit.bench"])
             engine = system.engine
             began = time.monotonic()
             ids = [engine.start(f"bench_{steps}", {}).saga_id for _ in range(sagas)]
@@ -49,10 +49,10 @@ def register(app: typer.Typer) -> None:
             pending = set(ids)
             while pending and time.monotonic() < deadline:
                 # One query per poll: the benchmark must not load the database it measures.
-                statuses = engine.store.statuses(sorted(pending))
+                statuses = system.queries.statuses(sorted(pending))
                 pending = {s for s in pending if statuses.get(s) not in SETTLED_STATUSES}
                 time.sleep(0.1)
-            records = [engine.get(s) for s in ids]
+            records = [system.queries.get(s) for s in ids]
         done = [r for r in records if r.finished_at is not None]
         latencies = [(r.finished_at - r.created_at).total_seconds() for r in done if r.finished_at]
         first = min(r.created_at for r in records)

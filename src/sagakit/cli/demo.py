@@ -12,7 +12,7 @@ from rich.rule import Rule
 from ..core.errors import SagaError
 from ..logs import configure_logging
 from . import render
-from .sagas import open_system, view_of
+from .sagas import open_system
 
 MISSIONS: list[tuple[str, dict[str, Any], str]] = [
     ("a mission that completes", {}, "completed"),
@@ -49,8 +49,8 @@ def register(app: typer.Typer) -> None:
                 console.print(Rule(title))
                 data = {"robots": robots, "area": area, **extra}
                 saga_id = engine.start("slam", data).saga_id
-                engine.wait(saga_id, timeout=timeout)
-                view = view_of(engine, saga_id)
+                system.queries.wait(saga_id, timeout=timeout)
+                view = system.queries.detail(saga_id)
                 console.print(render.saga(view, with_history=False, width=console.width))
                 _explain(console, view)
                 outcomes.append(view["status"] == expected)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 from typing import Annotated, Any
@@ -12,9 +11,9 @@ import typer
 from celery import signals
 from celery.utils.nodenames import default_nodename, host_format
 
-from ..engine import Heartbeat, utcnow
+from ..engine import utcnow
 from ..logs import configure_logging
-from ..runtime.worker import Sweeper
+from ..runtime.worker import SweeperThread
 from ..settings import load_settings
 from ..store import upgrade_database
 from ..system import System, install_worker_logging
@@ -42,6 +41,14 @@ def register(app: typer.Typer) -> None:
         pool: Annotated[str, typer.Option(help="prefork, threads or solo.")] = "prefork",
         hostname: Annotated[str | None, typer.Option("--hostname", "-n")] = None,
         sweeper: Annotated[bool, typer.Option(help="Run the sweeper in this worker.")] = True,
+        task_events: Annotated[
+            bool,
+            typer.Option(
+                "--task-events",
+                "-E",
+                help="Send task events from the start (Flower turns them on when it watches).",
+            ),
+        ] = False,
     ) -> None:
         """Run a Celery worker for saga steps (with the sweeper)."""
         settings = load_settings()
@@ -54,21 +61,22 @@ def register(app: typer.Typer) -> None:
         if settings.embedded:
             _run_embedded(system)
             return
-        born = utcnow()  # before any task can be claimed: see Heartbeat and restart detection
-        background = Sweeper(lambda: system.engine, settings.sweep_interval, sweep=sweeper)
+        born = utcnow()  # before any task can run: a restart of this name is told by it
+        holder: dict[str, Any] = {}
+        background = SweeperThread(
+            lambda: holder["sweeper"], settings.sweep_interval, sweep=sweeper
+        )
 
         def start_sweeper(sender: Any = None, **_: Any) -> None:
-            # The heartbeat names this worker as its tasks record it (the Celery node name).
-            name = getattr(sender, "hostname", None)
-            if name:
-                background.heartbeat = Heartbeat(name, os.getpid(), born)
+            # The heartbeat names this worker as Celery does (its node name).
+            holder["sweeper"] = system.sweeper(getattr(sender, "hostname", None), born=born)
             background.start()
 
         def stop_sweeper(**_: Any) -> None:
             background.stop()
-            if background.heartbeat is not None:
+            if "sweeper" in holder:
                 with contextlib.suppress(Exception):
-                    system.engine.store.forget(background.heartbeat.name)
+                    holder["sweeper"].forget()
 
         signals.worker_ready.connect(start_sweeper, weak=False)
         signals.worker_shutdown.connect(stop_sweeper, weak=False)
@@ -81,6 +89,10 @@ def register(app: typer.Typer) -> None:
             hostname=node,
             loglevel=settings.log_level,
             redirect_stdouts=False,
+            # sagakit's own heartbeats tell which workers are alive and what they hold.
+            without_gossip=True,
+            without_mingle=True,
+            task_events=task_events,
         ).start()
 
 

@@ -12,32 +12,25 @@ import typer
 from rich.live import Live
 
 from ..core.errors import InvalidInput
-from ..core.machine import SETTLED_STATUSES, SagaStatus
-from ..engine import SAGA_ID, Engine
-from ..store.records import SagaRecord
+from ..core.inputs import check_saga_id
+from ..core.state import SETTLED_STATUSES, SagaStatus
+from ..queries import Queries
+from ..store import SagaRecord
 from ..system import System
-from ..views import saga_view, summary_view
 from . import render
 
 
-def open_system(stack: ExitStack, *, worker: bool) -> System:
+def open_system(stack: ExitStack, *, worker: bool, imports: list[str] | None = None) -> System:
     """Build the System; in embedded mode, also run the in-process worker."""
-    system = stack.enter_context(System())
+    system = stack.enter_context(System(imports=imports or ()))
     if worker and system.settings.embedded:
         system.start_embedded()
     return system
 
 
-def view_of(engine: Engine, saga_id: str) -> dict[str, Any]:
-    """The full JSON view of one saga."""
-    return saga_view(engine.get(saga_id), engine.attempts(saga_id), engine.history(saga_id))
-
-
 def checked_id(saga_id: str) -> str:
     """Reject malformed ids before they reach the database."""
-    if not SAGA_ID.match(saga_id):
-        raise InvalidInput("id", f"{saga_id!r} is not a saga id (expected {SAGA_ID.pattern})")
-    return saga_id
+    return check_saga_id(saga_id, "id")
 
 
 def parse_fields(args: list[str]) -> dict[str, str]:
@@ -57,10 +50,10 @@ def parse_fields(args: list[str]) -> dict[str, str]:
     return fields
 
 
-def follow(engine: Engine, saga_id: str, timeout: float, live: bool) -> dict[str, Any]:
+def follow(queries: Queries, saga_id: str, timeout: float, live: bool) -> dict[str, Any]:
     """Show the saga's steps as they change until it settles (bounded by `timeout`)."""
     deadline = time.monotonic() + timeout
-    view = view_of(engine, saga_id)
+    view = queries.detail(saga_id)
     console = render.console(stderr=True)
     with Live(
         render.progress(view),
@@ -73,7 +66,7 @@ def follow(engine: Engine, saga_id: str, timeout: float, live: bool) -> dict[str
             if time.monotonic() > deadline:
                 raise TimeoutError(f"saga {saga_id} still {view['status']} after {timeout}s")
             time.sleep(0.1)
-            view = view_of(engine, saga_id)
+            view = queries.detail(saga_id)
             display.update(render.progress(view))
     return view
 
@@ -123,7 +116,7 @@ def register(app: typer.Typer) -> None:
                     else result.saga_id
                 )
                 return
-            view = follow(engine, result.saga_id, timeout, live=sys.stderr.isatty())
+            view = follow(system.queries, result.saga_id, timeout, live=sys.stderr.isatty())
             if as_json:
                 typer.echo(json.dumps(view, default=str))
             else:
@@ -144,11 +137,8 @@ def register(app: typer.Typer) -> None:
         if status is not None and status not in statuses:
             raise InvalidInput("--status", f"{status!r} is not one of {', '.join(statuses)}")
         with ExitStack() as stack:
-            engine = open_system(stack, worker=False).engine
-            views = [
-                summary_view(r)
-                for r in engine.store.list_sagas(status=status, saga_type=saga_type, limit=limit)
-            ]
+            queries = open_system(stack, worker=False).queries
+            views, _ = queries.page(status=status, saga_type=saga_type, limit=limit)
         if as_json:
             typer.echo(json.dumps(views))
         else:
@@ -161,8 +151,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Show a saga: status, timeline of every attempt, transition history."""
         with ExitStack() as stack:
-            engine = open_system(stack, worker=False).engine
-            view = view_of(engine, checked_id(saga_id))
+            view = open_system(stack, worker=False).queries.detail(checked_id(saga_id))
         if as_json:
             typer.echo(json.dumps(view, default=str))
         else:
@@ -177,25 +166,28 @@ def register(app: typer.Typer) -> None:
         """Stop a saga's forward steps and compensate what it did."""
         with ExitStack() as stack:
             system = open_system(stack, worker=True)
-            record = system.engine.cancel(checked_id(saga_id), reason)
-            record = _settle_embedded(system, record.saga_id) or record
-        typer.echo(f"{record.saga_id} {record.status}")
+            system.engine.cancel(checked_id(saga_id), reason)
+            status = _settled_status(system, saga_id)
+        typer.echo(f"{saga_id} {status}")
 
     @app.command()
     def retry(saga_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
         """Resume a failed saga where it stopped."""
         with ExitStack() as stack:
             system = open_system(stack, worker=True)
-            record = system.engine.retry(checked_id(saga_id))
-            record = _settle_embedded(system, record.saga_id) or record
-        typer.echo(f"{record.saga_id} {record.status}")
+            system.engine.retry(checked_id(saga_id))
+            status = _settled_status(system, saga_id)
+        typer.echo(f"{saga_id} {status}")
 
 
-def _settle_embedded(system: System, saga_id: str) -> SagaRecord | None:
-    """In embedded mode the compensations run in this process: wait for them."""
-    if not system.settings.embedded:
-        return None
-    return system.engine.wait(saga_id, timeout=300)
+def _settled_status(system: System, saga_id: str) -> str:
+    """In embedded mode the steps run in this process: wait for them to settle."""
+    record: SagaRecord = (
+        system.queries.wait(saga_id, timeout=300)
+        if system.settings.embedded
+        else system.queries.get(saga_id)
+    )
+    return record.status
 
 
 def _maybe_json(value: str) -> Any:

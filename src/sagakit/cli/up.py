@@ -61,14 +61,25 @@ def plan(settings: Settings, system: System, concurrency: int, password: str) ->
     children = [
         Child(
             f"worker-{queue}",
-            [sagakit, "worker", "-Q", queue, "-c", str(concurrency), "--hostname", f"{queue}@%h"],
+            # -E: Flower watches this stack, so every task shows there from the first.
+            [
+                sagakit,
+                "worker",
+                "-E",
+                "-Q",
+                queue,
+                "-c",
+                str(concurrency),
+                "--hostname",
+                f"{queue}@%h",
+            ],
         )
         for queue in queues
     ]
     children.append(
         Child(
             "worker-sagakit",
-            [sagakit, "worker", "-Q", SAGAKIT_QUEUE, "-c", "1", "--hostname", "sagakit@%h"],
+            [sagakit, "worker", "-E", "-Q", SAGAKIT_QUEUE, "-c", "1", "--hostname", "sagakit@%h"],
         )
     )
     children.append(

@@ -103,6 +103,11 @@ class Step:
     """Seconds an attempt may run before it counts as timed out (and may have taken effect)."""
     for_each: str | None = None
     """Fan out over a list: ``input.<key>`` or ``<earlier step>.<key>``."""
+    reads: tuple[str, ...] | None = None
+    """What the step's message carries for workers that cannot reach the saga log:
+    ``"input"`` and/or names of earlier steps whose outputs the step reads. By default
+    (None) a message carries only ids and the fan-out item, and a worker bound to the saga
+    log loads ``ctx.input`` and ``ctx.results`` on demand, one key at a time."""
 
     @property
     def effective_retry(self) -> RetryPolicy:
@@ -146,6 +151,10 @@ class Saga:
     description: str = ""
     input_model: Any = None
     """Optional input validator: a pydantic model class (anything with `model_validate`)."""
+    for_each_paths: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    """Every ``for_each`` path of the definition, once each."""
+    _by_name: dict[str, tuple[int, Step]] = field(init=False, repr=False, compare=False)
+    _last_use: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -164,6 +173,15 @@ class Saga:
         object.__setattr__(self, "description", description)
         object.__setattr__(self, "input_model", input_model)
         _validate(self)
+        by_name = {step.name: (i, step) for i, step in enumerate(self.all_steps(), start=1)}
+        last_use: dict[str, int] = {}
+        for stage in range(len(self.steps)):
+            for step in self.stage_steps(stage):
+                if step.for_each is not None:
+                    last_use[step.for_each] = stage
+        object.__setattr__(self, "_by_name", by_name)
+        object.__setattr__(self, "_last_use", last_use)
+        object.__setattr__(self, "for_each_paths", tuple(last_use))
 
     def stage_steps(self, stage: int) -> tuple[Step, ...]:
         """Return the steps of stage number `stage`."""
@@ -177,19 +195,15 @@ class Saga:
 
     def step(self, name: str) -> Step:
         """Return the step named `name` (an instance name like ``explore[2]`` works too)."""
-        base = name.split("[", 1)[0]
-        for step in self.all_steps():
-            if step.name == base:
-                return step
-        raise KeyError(name)
+        return self._by_name[name.split("[", 1)[0]][1]
 
     def position(self, name: str) -> int:
         """Return the 1-based position of a step in definition order (used in task ids)."""
-        base = name.split("[", 1)[0]
-        for index, step in enumerate(self.all_steps(), start=1):
-            if step.name == base:
-                return index
-        raise KeyError(name)
+        return self._by_name[name.split("[", 1)[0]][0]
+
+    def last_use(self, path: str) -> int:
+        """The last stage that fans out over `path` (-1 if none does)."""
+        return self._last_use.get(path, -1)
 
     @property
     def queues(self) -> frozenset[str]:
@@ -244,6 +258,18 @@ def _find_problem(saga: Saga) -> str | None:
     return None
 
 
+def _reads_problem(step: Step, seen: set[str]) -> str | None:
+    reads: object = step.reads  # checked at run time: callers may be untyped
+    if reads is None:
+        return None
+    if not isinstance(reads, tuple) or not all(isinstance(r, str) for r in reads):
+        return f"step {step.name!r} reads must be a tuple of names"
+    for name in reads:
+        if name != "input" and name not in seen:
+            return f"step {step.name!r} reads {name!r}: expected 'input' or an earlier step"
+    return None
+
+
 def _step_problem(step: object, seen: set[str], sources: set[str], in_group: bool) -> str | None:
     if not isinstance(step, Step):
         return f"{step!r} is not a Step"
@@ -273,6 +299,9 @@ def _step_problem(step: object, seen: set[str], sources: set[str], in_group: boo
                 f"step {step.name!r} for_each={step.for_each!r} must be 'input.<key>' "
                 "or '<earlier step>.<key>'"
             )
+    problem = _reads_problem(step, seen)
+    if problem is not None:
+        return problem
     for where, policy in (("retry", step.retry), ("compensation_retry", step.compensation_retry)):
         problem = policy.validate(f"step {step.name!r} {where}")
         if problem is not None:

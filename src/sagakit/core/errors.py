@@ -7,6 +7,7 @@
   x InvalidTransition      - an operation the saga's status does not allow
   x InvalidInput           - input rejected at the boundary (which field, why)
 * NonRetryableError        - raised by step code: fail now, skip remaining attempts
+* RetryableError           - raised by step code: an expected, transient failure
 """
 
 from __future__ import annotations
@@ -69,4 +70,13 @@ class NonRetryableError(Exception):
 
     It does not derive from SagaError: it is the step author's signal, not sagakit's failure.
     Any other exception raised by step code counts as a retryable failure.
+    """
+
+
+class RetryableError(Exception):
+    """Raised by step code for an expected, transient failure ("not enough robots yet").
+
+    It is retried by the step's retry policy like any other exception, but logged as one
+    warning line without a traceback. Like NonRetryableError it is the step author's
+    signal, outside the SagaError tree.
     """

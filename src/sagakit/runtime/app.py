@@ -1,13 +1,19 @@
 """The Celery app, configured for at-least-once delivery of saga steps.
 
-Why each setting (Celery's and kombu's docs and issue tracker agree on these):
+What each setting buys, and what it costs (Celery's and kombu's docs and issue tracker agree
+on these):
 - ``task_acks_late``: ack after the task ran, so a worker crash redelivers it;
-- ``task_reject_on_worker_lost``: a killed pool process requeues its message;
+- ``task_reject_on_worker_lost``: a killed pool process requeues its message at once, and
+  the redelivery runs (the saga log sees the same attempt still outstanding);
 - ``worker_prefetch_multiplier=1``: a worker holds one unacked message per process;
 - JSON only: messages carry ids and plain data, never pickles;
 - ``visibility_timeout`` (Redis): an unacked message is redelivered after it, so it must
   exceed the longest step timeout, or long steps would run twice;
-- task events on, so Flower sees every step and compensation.
+- no task events by default (Celery's own default): each event is one more publish per
+  task (four per step with the "sent" event, about 1.8x the cost of a bare task). Flower
+  turns them on in the workers it watches (``sagakit up`` and compose run it), through
+  the broker, while it runs;
+- no result backend: outcomes go to the saga log, not to Celery results.
 """
 
 from __future__ import annotations
@@ -47,9 +53,9 @@ def make_celery(
             "polling_interval": 0.01 if broker_url.startswith("memory://") else 1.0,
         },
         broker_connection_retry_on_startup=True,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
-        task_track_started=True,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        task_track_started=False,
         worker_hijack_root_logger=False,
         # A step that is running when the broker connection drops finishes and records its
         # outcome in the saga log; cancelling it would only force a retry.

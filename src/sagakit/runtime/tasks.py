@@ -1,10 +1,15 @@
 """Step tasks: a service's own named Celery tasks, made saga-aware.
 
 ``@saga_task("robots.allocate")`` registers an ordinary Celery task under that name (so
-Flower shows ``robots.allocate``). When it runs, the worker claims the attempt in the saga
-log (a redelivered or stale message is refused and acked), calls the function, and records
-the outcome and advances the saga in one transaction: no extra orchestrator hop. A worker
-that cannot reach the saga log sends the outcome to the ``sagakit`` queue instead.
+Flower shows ``robots.allocate``). When a message arrives, the worker asks the saga log
+whether it scheduled that attempt and it is still outstanding (one indexed read, no write:
+a duplicate, a stale attempt or a message the log never sent is acknowledged and dropped),
+runs the function, then records the outcome and advances the saga in one transaction: no
+extra orchestrator hop. A worker that cannot reach the saga log sends the outcome to the
+``sagakit`` queue instead.
+
+Expected failures (`NonRetryableError`, `RetryableError`) are logged once, as one warning
+line; anything else also gets Celery's error line with its traceback.
 """
 
 from __future__ import annotations
@@ -13,44 +18,23 @@ import logging
 import socket
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
-from ..core.errors import NonRetryableError
+from ..core.errors import NonRetryableError, RetryableError
+from ..core.inputs import jsonable
 from ..logs import saga_context
-from ..store.records import Claim
+from ..messages import BadMessage, StepKwargs, decode, parse_task_id
 from .app import SAGAKIT_QUEUE, engine_for
+from .context import LazyInput, LazyResults, StepContext, Unreachable
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class StepContext:
-    """What a step's action or compensation is told about its saga."""
-
-    saga_id: str
-    saga_type: str
-    step: str
-    attempt: int
-    direction: str
-    """``action`` or ``compensation``."""
-    input: Mapping[str, Any]
-    results: Mapping[str, Any] = field(default_factory=dict)
-    """Outputs of the saga's steps that have finished, by step instance name."""
-    item: Any = None
-    """This instance's item, for a step that fans out with ``for_each``."""
-    task_id: str = ""
-
-    @property
-    def key(self) -> str:
-        """Idempotency key of this step in this saga (the same for every attempt)."""
-        return f"{self.saga_id}:{self.step}:{self.direction}"
-
-
 StepFunction = Callable[[StepContext], Any]
+EXPECTED = (NonRetryableError, RetryableError)
 
 
 def saga_task(name: str, **options: Any) -> Callable[[StepFunction], Any]:
@@ -76,84 +60,130 @@ def saga_task(name: str, **options: Any) -> Callable[[StepFunction], Any]:
     return decorate
 
 
-def execute(task: Any, fn: StepFunction, kwargs: dict[str, Any]) -> Any:
-    """Claim the attempt, run the step function, record its outcome."""
-    task_id: str = task.request.id
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def execute(task: Any, fn: StepFunction, kwargs: Mapping[str, Any]) -> None:
+    """Check the attempt, run the step function, record its outcome."""
+    task_id: str = task.request.id or ""
     worker: str = task.request.hostname or socket.gethostname()
-    saga_id = str(kwargs.get("saga_id", "-"))
-    with saga_context(saga_id, step=kwargs.get("step", "-"), attempt=kwargs.get("attempt", "-")):
+    try:
+        message = decode(task_id, kwargs)
+    except BadMessage as exc:
+        _bad_message(task, exc, worker)
+        raise Ignore() from None
+    with saga_context(message["saga_id"], step=message["step"], attempt=message["attempt"]):
         engine = engine_for(task.app)
-        if engine is None or kwargs.get("saga_type") not in engine.sagas:
+        if engine is None or message["saga_type"] not in engine.sagas:
             # No saga log here, or a saga type this worker does not know: let a sagakit
             # worker record the outcome.
-            return _execute_remote(task, fn, kwargs, worker)
-        claim = engine.claim(task_id, worker)
-        if claim is None or not claim.accepted:
-            logger.info(
-                "delivery ignored: attempt unknown or already claimed", extra={"task_id": task_id}
-            )
-            return None
-        context = _context(kwargs, claim.direction, task_id)
+            _execute_remote(task, fn, message, worker)
+            return
+        log = engine.log
+        saga_id, step = message["saga_id"], message["step"]
+        check = log.check(saga_id, step, message["direction"], message["attempt"])
+        if check is None or not check.current:
+            why = "the saga log never scheduled it" if check is None else "it is not current"
+            logger.info("delivery ignored: %s", why, extra={"task_id": task_id})
+            return
+        context = StepContext(
+            saga_id=saga_id,
+            saga_type=message["saga_type"],
+            step=step,
+            attempt=message["attempt"],
+            direction=message["direction"],
+            input=message.get("input") or check.input or LazyInput(lambda: log.input(saga_id)),
+            results=message.get("results")
+            or LazyResults(lambda name: log.output(saga_id, name), lambda: log.outputs(saga_id)),
+            item=message.get("item", check.item),
+            task_id=task_id,
+        )
+        started = _now()
+
+        def finish(**outcome: Any) -> None:
+            engine.finish(message, task_id, worker=worker, started_at=started, **outcome)
+
         try:
-            output = fn(context)
-        except SoftTimeLimitExceeded as exc:
-            engine.report(claim, task_id, error=exc, timed_out=True)
-            raise
+            output = jsonable(fn(context))
+        except SoftTimeLimitExceeded:
+            finish(timed_out=True)
+            logger.warning("attempt timed out")
+            raise Ignore() from None
+        except EXPECTED as exc:
+            finish(error=exc, retryable=not isinstance(exc, NonRetryableError))
+            logger.warning("step failed: %s: %s", type(exc).__name__, exc)
+            raise Ignore() from None
         except Exception as exc:
-            engine.report(
-                claim,
-                task_id,
-                error=exc,
-                traceback=traceback.format_exc(),
-                retryable=not isinstance(exc, NonRetryableError),
-            )
+            finish(error=exc, traceback=traceback.format_exc())
             raise
-        engine.report(claim, task_id, output=output)
-        logger.info("attempt succeeded")
-        return output
+        finish(output=output)
 
 
-def _context(kwargs: Mapping[str, Any], direction: str, task_id: str) -> StepContext:
-    return StepContext(
-        saga_id=kwargs["saga_id"],
-        saga_type=kwargs.get("saga_type", ""),
-        step=kwargs["step"],
-        attempt=int(kwargs["attempt"]),
-        direction=direction,
-        input=kwargs.get("input") or {},
-        results=kwargs.get("results") or {},
-        item=kwargs.get("item"),
-        task_id=task_id,
+def _bad_message(task: Any, exc: BadMessage, worker: str) -> None:
+    """Record an undecodable message as a failed attempt (the step's policy retries it)."""
+    parsed = parse_task_id(exc.task_id)
+    engine = engine_for(task.app)
+    if parsed is None or engine is None:
+        logger.warning("%s; dropped", exc)
+        return
+    message: StepKwargs = {
+        "saga_id": parsed.saga_id,
+        "saga_type": "",
+        "step": parsed.step,
+        "attempt": parsed.attempt,
+        "direction": parsed.direction,
+    }
+    with saga_context(parsed.saga_id, step=parsed.step, attempt=parsed.attempt):
+        check = engine.log.check(parsed.saga_id, parsed.step, parsed.direction, parsed.attempt)
+        if check is None or not check.current:
+            logger.warning("%s; dropped (not an outstanding attempt)", exc)
+            return
+        logger.warning("%s; recorded as a failed attempt", exc)
+        engine.finish(
+            message,
+            exc.task_id,
+            error=f"malformed step message: {exc.why}",
+            worker=worker,
+            started_at=_now(),
+        )
+
+
+def _execute_remote(task: Any, fn: StepFunction, message: StepKwargs, worker: str) -> None:
+    step = message["step"]
+    context = StepContext(
+        saga_id=message["saga_id"],
+        saga_type=message["saga_type"],
+        step=step,
+        attempt=message["attempt"],
+        direction=message["direction"],
+        input=message["input"] if "input" in message else Unreachable("the saga input", step),
+        results=message["results"] if "results" in message else Unreachable("results", step),
+        item=message.get("item"),
+        task_id=task.request.id,
     )
-
-
-def _execute_remote(task: Any, fn: StepFunction, kwargs: dict[str, Any], worker: str) -> Any:
-    direction = "compensation" if ".comp." in task.request.id else "action"
-    context = _context(kwargs, direction, task.request.id)
     report: dict[str, Any] = {
-        "saga_id": context.saga_id,
+        "message": dict(message),
         "task_id": task.request.id,
         "worker": worker,
+        "started_at": _now().isoformat(),
     }
     try:
-        output = fn(context)
+        report["output"] = jsonable(fn(context))
     except Exception as exc:
         report.update(
             error=f"{type(exc).__name__}: {exc}",
-            traceback=traceback.format_exc(),
+            error_type=type(exc).__name__,
+            traceback=None if isinstance(exc, EXPECTED) else traceback.format_exc(),
             retryable=not isinstance(exc, NonRetryableError),
             timed_out=isinstance(exc, SoftTimeLimitExceeded),
         )
         task.app.send_task("sagakit.record_outcome", kwargs=report, queue=SAGAKIT_QUEUE)
+        if isinstance(exc, EXPECTED):
+            logger.warning("step failed: %s: %s", type(exc).__name__, exc)
+            raise Ignore() from None
         raise
-    task.app.send_task(
-        "sagakit.record_outcome", kwargs={**report, "output": output}, queue=SAGAKIT_QUEUE
-    )
-    return output
-
-
-class ReportedError(Exception):
-    """An error reported by a worker that could not reach the saga log."""
+    task.app.send_task("sagakit.record_outcome", kwargs=report, queue=SAGAKIT_QUEUE)
 
 
 @shared_task(  # type: ignore[untyped-decorator]
@@ -161,11 +191,13 @@ class ReportedError(Exception):
 )
 def record_outcome(
     self: Any,
-    saga_id: str,
+    message: dict[str, Any],
     task_id: str,
     worker: str,
+    started_at: str | None = None,
     output: Any = None,
     error: str | None = None,
+    error_type: str = "",
     traceback: str | None = None,
     retryable: bool = True,
     timed_out: bool = False,
@@ -174,18 +206,17 @@ def record_outcome(
     engine = engine_for(self.app)
     if engine is None:
         raise RuntimeError("sagakit.record_outcome needs a worker bound to the saga log")
-    with saga_context(saga_id):
-        claim: Claim | None = engine.claim(task_id, worker)
-        if claim is None or not claim.accepted:
-            logger.info("reported outcome ignored: duplicate", extra={"task_id": task_id})
-            return
-        failure = None if error is None else ReportedError(error)
-        engine.report(
-            claim,
+    decoded = decode(task_id, message)
+    with saga_context(decoded["saga_id"], step=decoded["step"], attempt=decoded["attempt"]):
+        engine.finish(
+            decoded,
             task_id,
             output=output,
-            error=failure,
+            error=error,
+            error_type=error_type,
             traceback=traceback,
             retryable=retryable,
             timed_out=timed_out,
+            worker=worker,
+            started_at=datetime.fromisoformat(started_at) if started_at else None,
         )

@@ -1,37 +1,69 @@
-"""Worker processes: the sweeper thread, the embedded in-process worker, `sagakit worker`."""
+"""Worker processes: the sweeper thread, what a worker holds, the embedded worker."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery.worker import WorkController
 
+from ..store.recovery import Held
+
 if TYPE_CHECKING:
-    from ..engine import Engine, Heartbeat
+    from ..sweeper import Sweeper
 
 logger = logging.getLogger(__name__)
 
 
-class Sweeper:
+def holdings() -> tuple[Held, ...]:
+    """The tasks this worker process runs and holds (Celery's own bookkeeping).
+
+    In a prefork worker, the main process knows what each pool process runs: this is what
+    the heartbeat reports, so a dead worker's tasks are known to be lost at once.
+    """
+    from celery.worker import state
+
+    for _ in range(5):  # the consumer thread may change the sets while we read them
+        try:
+            reserved = list(state.reserved_requests)
+            active = list(state.active_requests)
+            break
+        except RuntimeError:
+            continue
+    else:
+        return ()
+    running = {r.id: r for r in active if r.id}
+    held = [
+        Held(r.id, getattr(r, "time_start", None) or time.time(), _soft_limit(r))
+        for r in running.values()
+    ]
+    held.extend(Held(r.id) for r in reserved if r.id and r.id not in running)
+    return tuple(held)
+
+
+def _soft_limit(request: Any) -> float | None:
+    limits = getattr(request, "time_limits", None) or (None, None)
+    hard, soft = [*list(limits), None, None][:2]
+    value = soft or hard
+    return float(value) if value else None
+
+
+class SweeperThread:
     """Every `interval` seconds: beat for this worker and (unless told not to) sweep."""
 
     def __init__(
-        self,
-        engine: Callable[[], Engine],
-        interval: float,
-        heartbeat: Heartbeat | None = None,
-        *,
-        sweep: bool = True,
+        self, sweeper: Callable[[], Sweeper], interval: float, *, sweep: bool = True
     ) -> None:
-        self._engine = engine
+        self._sweeper = sweeper
         self._interval = interval
         self._sweep = sweep
-        self.heartbeat = heartbeat
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failing = False
 
     def start(self) -> None:
         """Start sweeping in the background."""
@@ -54,20 +86,29 @@ class Sweeper:
 
     def _once(self) -> None:
         try:
-            if not self._sweep:  # heartbeat only
-                if self.heartbeat is not None:
-                    self._engine().beat(self.heartbeat)
-                return
-            report = self._engine().sweep(heartbeat=self.heartbeat)
-        except Exception:
-            logger.warning("sweep failed; will try again", exc_info=True)
+            sweeper = self._sweeper()
+            if not self._sweep:
+                sweeper.beat()
+                report = None
+            else:
+                report = sweeper.sweep()
+        except Exception as exc:
+            # Say so once, not once per interval, and again when it recovers.
+            if not self._failing:
+                logger.warning("sweep failed (%s); retrying every %ss", exc, self._interval)
+            self._failing = True
             return
-        if report.resent or report.timed_out or report.deadlines:
+        if self._failing:
+            logger.warning("sweeps work again")
+            self._failing = False
+        if report:
             logger.info(
                 "sweep",
                 extra={
+                    "sent": report.sent,
                     "resent": report.resent,
                     "timed_out": report.timed_out,
+                    "lost": report.lost,
                     "deadlines": report.deadlines,
                 },
             )
@@ -94,8 +135,8 @@ class EmbeddedWorker:
     def __init__(
         self,
         app: Any,
-        engine: Callable[[], Engine],
-        queues: Iterable[str],
+        sweeper: Callable[[], Sweeper],
+        queues: list[str],
         *,
         concurrency: int = 4,
         sweep_interval: float = 1.0,
@@ -103,9 +144,15 @@ class EmbeddedWorker:
         self.app = app
         self.queues = sorted(set(queues))
         self.concurrency = concurrency
-        self.sweeper = Sweeper(engine, sweep_interval)
+        self.sweeper = SweeperThread(sweeper, sweep_interval)
+        self._get_sweeper = sweeper
         self._worker: _ThreadWorker | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def hostname(self) -> str:
+        """This worker's node name (its heartbeat's name)."""
+        return f"embedded-{id(self):x}@{socket.gethostname()}"
 
     def start(self, timeout: float = 30.0) -> None:
         """Start consuming; returns once the worker is ready. Raises TimeoutError."""
@@ -118,7 +165,7 @@ class EmbeddedWorker:
             concurrency=self.concurrency,
             pool="threads",
             queues=self.queues,
-            hostname=f"embedded@{_hostname()}",
+            hostname=self.hostname,
             loglevel="WARNING",
             without_heartbeat=True,
             without_mingle=True,
@@ -140,6 +187,10 @@ class EmbeddedWorker:
             self._worker.stop(in_sighandler=False)
         if self._thread is not None:
             self._thread.join(timeout)
+        try:
+            self._get_sweeper().forget()
+        except Exception as exc:
+            logger.warning("could not remove the embedded worker's heartbeat: %s", exc)
 
     def __enter__(self) -> EmbeddedWorker:
         self.start()
@@ -147,9 +198,3 @@ class EmbeddedWorker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _hostname() -> str:
-    import socket
-
-    return socket.gethostname()

@@ -1,19 +1,17 @@
-"""The saga log (SQL): schema, migrations and SqlSagaStore."""
+"""The saga log (SQL): schema, migrations, the hot path, recovery, reads and metrics."""
 
+from .db import make_db, normalise_url
+from .log import SqlLog
 from .migrate import upgrade, upgrade_database
-from .records import AttemptRecord, Claim, OutboxMessage, SagaRecord, TransitionRecord
-from .schema import UTCDateTime
-from .sql import SqlSagaStore, make_engine
+from .reads import HistoryRecord, SagaRecord, StepRecord
 
 __all__ = [
-    "AttemptRecord",
-    "Claim",
-    "OutboxMessage",
+    "HistoryRecord",
     "SagaRecord",
-    "SqlSagaStore",
-    "TransitionRecord",
-    "UTCDateTime",
-    "make_engine",
+    "SqlLog",
+    "StepRecord",
+    "make_db",
+    "normalise_url",
     "upgrade",
     "upgrade_database",
 ]

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from .sql import make_engine
+from .db import make_db
 
 _LOCK_ID = 0x5A6A_1D  # PostgreSQL advisory lock: one migrator at a time
 
@@ -25,7 +25,7 @@ def upgrade_database(url: str) -> None:
     Closing matters: a pooled connection left open here would be inherited by every
     prefork worker process.
     """
-    engine = make_engine(url)
+    engine = make_db(url)
     try:
         upgrade(engine)
     finally:

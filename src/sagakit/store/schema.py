@@ -1,4 +1,14 @@
-"""The saga log's tables (SQLAlchemy Core), one schema for SQLite and PostgreSQL."""
+"""The saga log's tables (SQLAlchemy Core), one schema for SQLite and PostgreSQL.
+
+- ``sagakit_sagas``: one row per saga, its input (written once) and its head (a few
+  counters and words, the same size however large the saga);
+- ``sagakit_steps``: one row per step instance: its state, its output (stored once, here),
+  and the message of its current attempt (the outbox: sent or not, how often);
+- ``sagakit_transitions``: the append-only history, where every attempt's story is kept;
+- ``sagakit_workers``: heartbeats, with the tasks each worker holds;
+- ``sagakit_metrics`` and ``sagakit_metrics_state``: counters folded from the history, so a
+  scrape reads a few rows however long the log.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +20,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = sa.MetaData()
 
-Json = sa.JSON().with_variant(JSONB(), "postgresql")
+Json = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -31,6 +42,9 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+ACTIVE = "status IN ('pending', 'running', 'compensating')"
+BUSY = "status IN ('running', 'compensating')"
+
 sagas = sa.Table(
     "sagakit_sagas",
     metadata,
@@ -39,57 +53,97 @@ sagas = sa.Table(
     sa.Column("definition_version", sa.Integer, nullable=False),
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("input", Json, nullable=False),
-    sa.Column("state", Json, nullable=False),
+    sa.Column("idempotency_key", sa.String(200)),
+    sa.Column("stage", sa.Integer, nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("pivot_passed", sa.Boolean, nullable=False),
     sa.Column("reason", sa.Text),
     sa.Column("failed_step", sa.String(80)),
-    sa.Column("idempotency_key", sa.String(200)),
-    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("cause", sa.Text),
+    sa.Column("cause_step", sa.String(80)),
+    sa.Column("open_steps", sa.Integer, nullable=False),
+    sa.Column("busy_steps", sa.Integer, nullable=False),
+    sa.Column("sources", Json),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime),
     sa.Column("deadline_at", UTCDateTime),
     sa.UniqueConstraint("saga_type", "idempotency_key", name="uq_sagakit_sagas_idempotency"),
-    sa.Index("ix_sagakit_sagas_status_created", "status", "created_at"),
-    sa.Index("ix_sagakit_sagas_created", "created_at"),
-    sa.Index("ix_sagakit_sagas_deadline", "deadline_at"),
+    sa.Index("ix_sagakit_sagas_created", "created_at", "saga_id"),
+    sa.Index("ix_sagakit_sagas_status_created", "status", "created_at", "saga_id"),
+    sa.Index("ix_sagakit_sagas_type_created", "saga_type", "created_at", "saga_id"),
+    sa.Index(
+        "ix_sagakit_sagas_finished",
+        "finished_at",
+        sqlite_where=sa.text("finished_at IS NOT NULL"),
+        postgresql_where=sa.text("finished_at IS NOT NULL"),
+    ),
+    sa.Index(
+        "ix_sagakit_sagas_deadline",
+        "deadline_at",
+        sqlite_where=sa.text("deadline_at IS NOT NULL AND status IN ('pending', 'running')"),
+        postgresql_where=sa.text("deadline_at IS NOT NULL AND status IN ('pending', 'running')"),
+    ),
+    # A transition rewrites a few words of the head: leave room on each page for
+    # PostgreSQL to update the row in place (a HOT update, no index writes).
+    postgresql_with={"fillfactor": 70},
 )
 
-step_attempts = sa.Table(
-    "sagakit_step_attempts",
+steps = sa.Table(
+    "sagakit_steps",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column(
         "saga_id",
         sa.String(64),
         sa.ForeignKey("sagakit_sagas.saga_id", ondelete="CASCADE"),
-        nullable=False,
+        primary_key=True,
     ),
-    sa.Column("step", sa.String(80), nullable=False),
-    sa.Column("direction", sa.String(12), nullable=False),
+    sa.Column("name", sa.String(80), primary_key=True),
+    sa.Column("step", sa.String(64), nullable=False),
+    sa.Column("stage", sa.Integer, nullable=False),
+    sa.Column("idx", sa.Integer),
+    sa.Column("item", Json),
+    sa.Column("status", sa.String(20), nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
-    sa.Column("task_id", sa.String(200), nullable=False, unique=True),
+    sa.Column("attempt_base", sa.Integer, nullable=False),
+    sa.Column("comp_attempt", sa.Integer, nullable=False),
+    sa.Column("comp_base", sa.Integer, nullable=False),
+    sa.Column("ord", sa.Integer),
+    sa.Column("maybe_effect", sa.Boolean, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("output", Json),
+    sa.Column("task_id", sa.String(200), nullable=False),
     sa.Column("task_name", sa.String(200), nullable=False),
     sa.Column("queue", sa.String(100), nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("worker", sa.String(200)),
-    sa.Column("input", Json),
-    sa.Column("output", Json),
-    sa.Column("error", sa.Text),
-    sa.Column("traceback", sa.Text),
-    sa.Column("timeout", sa.Float),
-    sa.Column("scheduled_at", UTCDateTime, nullable=False),
     sa.Column("not_before", UTCDateTime, nullable=False),
-    sa.Column("started_at", UTCDateTime),
-    sa.Column("deadline_at", UTCDateTime),
-    sa.Column("finished_at", UTCDateTime),
-    sa.Index("ix_sagakit_step_attempts_saga", "saga_id", "id"),
-    sa.Index("ix_sagakit_step_attempts_status_deadline", "status", "deadline_at"),
+    sa.Column("sent_at", UTCDateTime),
+    sa.Column("send_count", sa.Integer, nullable=False),
+    sa.Index(
+        "ix_sagakit_steps_undo",
+        "saga_id",
+        "ord",
+        sqlite_where=sa.text("ord IS NOT NULL"),
+        postgresql_where=sa.text("ord IS NOT NULL"),
+    ),
+    sa.Index(
+        "ix_sagakit_steps_unsent",
+        "not_before",
+        sqlite_where=sa.text(f"sent_at IS NULL AND {BUSY}"),
+        postgresql_where=sa.text(f"sent_at IS NULL AND {BUSY}"),
+    ),
+    sa.Index(
+        "ix_sagakit_steps_busy",
+        "sent_at",
+        sqlite_where=sa.text(BUSY),
+        postgresql_where=sa.text(BUSY),
+    ),
+    postgresql_with={"fillfactor": 80},
 )
 
 transitions = sa.Table(
     "sagakit_transitions",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column(
         "saga_id",
         sa.String(64),
@@ -103,23 +157,14 @@ transitions = sa.Table(
     sa.Column("attempt", sa.Integer),
     sa.Column("detail", Json),
     sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime),
     sa.Index("ix_sagakit_transitions_saga", "saga_id", "id"),
-)
-
-outbox = sa.Table(
-    "sagakit_outbox",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("saga_id", sa.String(64), nullable=False),
-    sa.Column("task_id", sa.String(200), nullable=False, unique=True),
-    sa.Column("task_name", sa.String(200), nullable=False),
-    sa.Column("queue", sa.String(100), nullable=False),
-    sa.Column("kwargs", Json, nullable=False),
-    sa.Column("time_limit", sa.Float),
-    sa.Column("not_before", UTCDateTime, nullable=False),
-    sa.Column("sent_at", UTCDateTime),
-    sa.Column("send_count", sa.Integer, nullable=False, server_default="0"),
-    sa.Index("ix_sagakit_outbox_due", "sent_at", "not_before"),
+    sa.Index(
+        "ix_sagakit_transitions_outcomes",
+        "at",
+        sqlite_where=sa.text("started_at IS NOT NULL"),
+        postgresql_where=sa.text("started_at IS NOT NULL"),
+    ),
 )
 
 workers = sa.Table(
@@ -129,14 +174,30 @@ workers = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("beat_at", UTCDateTime, nullable=False),
+    sa.Column("running", Json),
+    sa.Column("reserved", Json),
 )
-"""Heartbeats of live workers: a worker that stops beating has lost its running attempts."""
+"""Heartbeats of live workers, with the task ids each runs and holds: a worker that stops
+beating has lost them."""
 
-idempotency_keys = sa.Table(
-    "sagakit_idempotency_keys",
+metrics = sa.Table(
+    "sagakit_metrics",
     metadata,
-    sa.Column("key", sa.String(300), primary_key=True),
-    sa.Column("result", Json),
-    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("kind", sa.String(20), primary_key=True),
+    sa.Column("saga_type", sa.String(64), primary_key=True),
+    sa.Column("step", sa.String(64), primary_key=True),
+    sa.Column("direction", sa.String(12), primary_key=True),
+    sa.Column("status", sa.String(20), primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("total", sa.Float, nullable=False),
+    sa.Column("buckets", Json),
 )
-"""Lives in each service's own database: see `sagakit.idempotency`."""
+"""Counters and histograms folded from the log up to the watermark (`store.stats`)."""
+
+metrics_state = sa.Table(
+    "sagakit_metrics_state",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("watermark", UTCDateTime, nullable=False),
+)
+"""The one row saying up to when the metrics table holds the log's counts."""

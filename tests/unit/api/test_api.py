@@ -324,7 +324,7 @@ class TestOpenApi:
 
         page = listing(client, type="slam", created_after=after)
         assert ids(page) == [last, failing, first]
-        assert page["next_offset"] is None
+        assert page["next_cursor"] is None
         item = page["items"][0]
         assert item["type"] == "slam"
         assert item["status"] == "completed"
@@ -334,10 +334,11 @@ class TestOpenApi:
 
         one = listing(client, type="slam", created_after=after, limit=2)
         assert ids(one) == [last, failing]
-        assert (one["limit"], one["offset"], one["next_offset"]) == (2, 0, 2)
-        two = listing(client, type="slam", created_after=after, limit=2, offset=one["next_offset"])
+        assert one["limit"] == 2 and one["next_cursor"]
+        two = listing(client, type="slam", created_after=after, limit=2, cursor=one["next_cursor"])
         assert ids(two) == [first]
-        assert (two["offset"], two["next_offset"]) == (2, None)
+        assert two["next_cursor"] is None
+        assert ids(listing(client, search=failing)) == [failing]
 
         assert ids(listing(client, status="compensated", created_after=after)) == [failing]
         assert ids(listing(client, status="completed", created_after=after)) == [last, first]
@@ -356,7 +357,7 @@ class TestOpenApi:
             ({"status": "lost"}, "query.status"),
             ({"limit": 0}, "query.limit"),
             ({"limit": 501}, "query.limit"),
-            ({"offset": -1}, "query.offset"),
+            ({"cursor": "bm9wZQ"}, "cursor"),
             ({"created_after": "yesterday"}, "query.created_after"),
             # Valid ISO 8601, but with no UTC equivalent (was a 500).
             ({"created_after": "0001-01-01T00:00:00+01:00"}, "query.created_after"),

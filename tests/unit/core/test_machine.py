@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from sagakit.core.codec import state_from_dict, state_to_dict
+from sagakit.core.codec import head_from, head_row, step_from, step_row
 from sagakit.core.definition import Parallel, RetryPolicy, Saga, Step, StepKind
 from sagakit.core.errors import InvalidTransition
-from sagakit.core.machine import (
+from sagakit.core.events import (
     CancelRequested,
     CompensationFailed,
     CompensationSucceeded,
@@ -24,14 +24,14 @@ from sagakit.core.machine import (
     RetryRequested,
     RunTask,
     SagaStarted,
-    SagaState,
-    SagaStatus,
     StepFailed,
-    StepStatus,
     StepSucceeded,
     StepTimedOut,
-    decide,
 )
+from sagakit.core.ledger import Ledger, replay
+from sagakit.core.machine import ALLOWED, decide, needs
+from sagakit.core.state import SagaState, SagaStatus, StepState, StepStatus
+from tests.support.shapes import Shape, shapes
 
 RETRY = RetryPolicy(
     max_attempts=3,
@@ -67,9 +67,35 @@ def retriable(name: str = "r", **options: Any) -> Step:
     return Step(name, action=f"svc.{name}", kind=StepKind.RETRIABLE, queue="q", **options)
 
 
-def assert_round_trips(state: SagaState) -> None:
-    assert state_from_dict(state_to_dict(state)) == state
-    assert state_from_dict(json.loads(json.dumps(state_to_dict(state)))) == state
+def assert_round_trips(state: SagaState, steps: Any = ()) -> None:
+    ids = {"saga_id": state.saga_id, "saga_type": state.saga_type}
+    row = {**ids, "definition_version": state.definition_version, **head_row(state)}
+    assert head_from(row) == state
+    assert head_from(json.loads(json.dumps(row))) == state
+    for instance in steps:
+        assert step_from(json.loads(json.dumps(step_row(instance)))) == instance
+
+
+def apply(saga: Saga, ledger: Ledger, event: Event) -> Decision:
+    """Decide `event` on exactly what the saga log would load, checking the decision."""
+    before = ledger.state
+    decision = decide(saga, before, ledger.load(needs(event)), event)
+    assert_round_trips(decision.state, decision.steps)
+    if decision.ignored:
+        assert decision.state == before
+        assert decision.commands == decision.steps == ()
+        return decision
+    assert type(event) in ALLOWED[before.status], f"{type(event).__name__} in {before.status}"
+    assert {c.step for c in decision.commands} <= {s.name for s in decision.steps}
+    assert not {s.name for s in decision.created} & set(ledger.steps)
+    ledger.apply(decision)
+    busy = sum(s.busy for s in ledger.steps.values())
+    assert ledger.state.busy == busy, "busy count drifted"
+    if ledger.state.status is SagaStatus.RUNNING:
+        current = [s for s in ledger.steps.values() if s.stage == ledger.state.stage]
+        waiting = sum(s.status is not StepStatus.SUCCEEDED for s in current)
+        assert ledger.state.open == waiting, "open count drifted"
+    return decision
 
 
 class Run:
@@ -77,21 +103,28 @@ class Run:
 
     def __init__(self, saga: Saga, input: dict[str, Any] | None = None) -> None:
         self.saga = saga
-        self.state = SagaState("s-1", saga.name, saga.version, input or {})
+        self.input = input or {}
+        self.ledger = Ledger(SagaState("s-1", saga.name, saga.version))
         self.history: list[SagaState] = [self.state]
 
+    @property
+    def state(self) -> SagaState:
+        return self.ledger.state
+
+    @property
+    def steps(self) -> list[StepState]:
+        return list(self.ledger.steps.values())
+
+    def find(self, name: str) -> StepState | None:
+        return self.ledger.find(name)
+
     def send(self, event: Event) -> Decision:
-        decision = decide(self.saga, self.state, event)
-        assert_round_trips(decision.state)
-        if decision.ignored:
-            assert decision.state == self.state
-            assert decision.commands == ()
-        self.state = decision.state
+        decision = apply(self.saga, self.ledger, event)
         self.history.append(self.state)
         return decision
 
     def start(self) -> Decision:
-        return self.send(SagaStarted())
+        return self.send(SagaStarted(self.input))
 
     def ok(self, step: str, attempt: int = 1, output: Any = None) -> Decision:
         return self.send(StepSucceeded(step, attempt, output))
@@ -110,7 +143,7 @@ class Run:
         return self.send(CompensationSucceeded(step, attempt))
 
     def status(self, name: str) -> StepStatus:
-        found = self.state.find(name)
+        found = self.find(name)
         assert found is not None
         return found.status
 
@@ -161,7 +194,8 @@ def test_parallel_stage_dispatches_every_branch_and_waits_for_all() -> None:
     assert sent(run.ok("d")) == [("e", "action", 1)]
     assert run.ok("e").commands == ()
     assert run.state.status is SagaStatus.COMPLETED
-    assert run.state.find("a").output == {"n": 1}
+    assert run.find("a").status is StepStatus.SUCCEEDED
+    assert run.state.sources == {}
 
 
 @pytest.mark.parametrize("failing", range(4))
@@ -178,7 +212,7 @@ def test_failure_compensates_exactly_the_earlier_steps_in_reverse(failing: int) 
     assert run.state.status is SagaStatus.COMPENSATED
     assert run.status(names[failing]) is StepStatus.FAILED
     assert all(run.status(n) is StepStatus.COMPENSATED for n in names[:failing])
-    assert all(run.state.find(n) is None for n in names[failing + 1 :])
+    assert all(run.find(n) is None for n in names[failing + 1 :])
 
 
 def test_transient_failure_is_retried_with_growing_delay_until_the_budget_is_spent() -> None:
@@ -202,7 +236,7 @@ def test_retry_succeeds_on_a_later_attempt() -> None:
     run.start()
     run.fail("a", 1)
     assert sent(run.ok("a", 2)) == [("b", "action", 1)]
-    assert run.state.find("a").attempt == 2
+    assert run.find("a").attempt == 2
 
 
 def test_default_jitter_keeps_the_retry_delay_positive() -> None:
@@ -227,7 +261,7 @@ def test_non_retryable_errors_skip_the_remaining_attempts(retryable: bool, error
     run.ok("a")
     decision = run.fail("b", retryable=retryable, error_type=error_type)
     assert sent(decision) == [("a", "compensation", 1)]
-    assert run.state.find("b").attempt == 1
+    assert run.find("b").attempt == 1
 
 
 def test_error_type_not_listed_is_retried() -> None:
@@ -304,7 +338,7 @@ def test_failing_branch_waits_for_siblings_then_undoes_them_in_reverse_completio
     decision = run.ok("b")  # the last sibling completes after d
     assert undo_all(run, decision) == ["b", "d", "a"]
     assert run.state.status is SagaStatus.COMPENSATED
-    assert run.state.find("e") is None
+    assert run.find("e") is None
 
 
 def test_sibling_failing_while_compensation_waits_is_not_retried() -> None:
@@ -325,7 +359,7 @@ def test_timed_out_step_is_compensated_even_though_it_failed(final: str) -> None
     run.start()
     run.ok("a")
     assert sent(run.send(StepTimedOut("b", 1))) == [("b", "action", 2)]
-    assert run.state.find("b").maybe_effect
+    assert run.find("b").maybe_effect
     run.fail("b", 2)
     if final == "timeout":
         decision = run.send(StepTimedOut("b", 3))
@@ -438,7 +472,7 @@ def test_retry_requested_outside_failed_is_refused(status: str) -> None:
     run = _states()[status]
     before = run.state
     with pytest.raises(InvalidTransition, match="only a failed saga") as raised:
-        decide(run.saga, before, RetryRequested())
+        decide(run.saga, before, run.ledger.load(needs(RetryRequested())), RetryRequested())
     assert raised.value.operation == "retry"
     assert raised.value.status == before.status
     assert run.state == before
@@ -456,8 +490,9 @@ def test_retry_requested_outside_failed_is_refused(status: str) -> None:
 def test_cancel_requested_in_a_settled_or_committed_saga_is_refused(status: str, why: str) -> None:
     run = _states()[status]
     before = run.state
+    cancel = CancelRequested("user")
     with pytest.raises(InvalidTransition, match=why) as raised:
-        decide(run.saga, before, CancelRequested("user"))
+        decide(run.saga, before, run.ledger.load(needs(cancel)), cancel)
     assert raised.value.operation == "cancel"
     assert run.state == before
 
@@ -482,7 +517,7 @@ def test_cancel_while_a_step_is_in_flight_waits_then_compensates() -> None:
     assert run.send(CancelRequested("twice")).ignored
     assert undo_all(run, run.ok("b")) == ["b", "a"]
     assert run.state.status is SagaStatus.COMPENSATED
-    assert run.state.find("c") is None
+    assert run.find("c") is None
 
 
 def test_cancel_while_a_step_is_in_flight_does_not_retry_its_failure() -> None:
@@ -649,7 +684,7 @@ def test_for_each_creates_one_instance_per_item() -> None:
     ]
     assert [c.item for c in decision.commands] == ["x", {"y": 2}, 3]
     assert {c.position for c in decision.commands} == {2}
-    assert [run.state.find(f"each[{i}]").index for i in range(3)] == [0, 1, 2]
+    assert [run.find(f"each[{i}]").index for i in range(3)] == [0, 1, 2]
     assert run.ok("each[2]").commands == ()
     assert run.ok("each[0]").commands == ()
     assert sent(run.ok("each[1]")) == [("z", "action", 1)]
@@ -670,7 +705,7 @@ def test_for_each_over_an_empty_list_skips_the_stage() -> None:
     run = Run(MAPPED, {"items": []})
     run.start()
     assert sent(run.ok("a")) == [("z", "action", 1)]
-    assert not any(s.step == "each" for s in run.state.steps)
+    assert not any(s.step == "each" for s in run.steps)
     run.ok("z")
     assert run.state.status is SagaStatus.COMPLETED
 
@@ -763,78 +798,6 @@ FORCE_SUCCESS_AFTER = 200
 """Deliveries after which every outcome is a success, so that every run ends."""
 
 
-@dataclass
-class Shape:
-    """A generated definition with the facts the driver checks against."""
-
-    saga: Saga
-    input: dict[str, Any]
-    stage_of: dict[str, int]
-    pivot_stage: int | None
-
-    def expected_instances(self, stage: int) -> int | None:
-        """How many instances stage `stage` makes; None when its fan-out cannot resolve."""
-        total = 0
-        for step in self.saga.stage_steps(stage):
-            if step.for_each is None:
-                total += 1
-            elif isinstance(self.input.get("items"), list):
-                total += len(self.input["items"])
-            else:
-                return None
-        return total
-
-    def kind(self, instance: str) -> StepKind:
-        return self.saga.step(instance).kind
-
-    def compensatable(self, instance: str) -> bool:
-        return self.kind(instance) is StepKind.COMPENSATABLE
-
-
-@st.composite
-def shapes(draw: st.DrawFn) -> Shape:
-    counter = iter(range(100))
-
-    def make(kind: StepKind, fan_out: bool) -> Step:
-        name = f"s{next(counter)}"
-        retry = RetryPolicy(
-            max_attempts=draw(st.integers(1, 3)),
-            initial_interval=1.0,
-            non_retryable=("ValueError",),
-        )
-        options: dict[str, Any] = {
-            "retry": retry,
-            "kind": kind,
-            "queue": "q",
-            "for_each": "input.items" if fan_out and draw(st.integers(0, 2)) == 0 else None,
-        }
-        if kind is StepKind.COMPENSATABLE:
-            options["compensation"] = f"svc.undo_{name}"
-            options["compensation_retry"] = RetryPolicy(max_attempts=draw(st.integers(1, 3)))
-        return Step(name, action=f"svc.{name}", **options)
-
-    stages: list[Step | Parallel] = []
-    for index in range(draw(st.integers(1, 5))):
-        width = draw(st.sampled_from([1, 1, 2, 3]))
-        if width == 1:
-            stages.append(make(StepKind.COMPENSATABLE, True))
-        else:
-            stages.append(
-                Parallel(f"g{index}", [make(StepKind.COMPENSATABLE, True) for _ in range(width)])
-            )
-    pivot_stage = None
-    if draw(st.booleans()):
-        pivot_stage = len(stages)
-        stages.append(make(StepKind.PIVOT, False))
-        stages.extend(make(StepKind.RETRIABLE, True) for _ in range(draw(st.integers(0, 2))))
-    saga = Saga("prop", stages)
-    data: dict[str, Any] = {}
-    if draw(st.integers(0, 4)):  # now and then the list to fan out over is missing
-        data["items"] = draw(st.lists(st.integers(0, 9), max_size=3))
-    stage_of = {step.name: i for i in range(len(stages)) for step in saga.stage_steps(i)}
-    return Shape(saga, data, stage_of, pivot_stage)
-
-
 ACTION_OUTCOMES = ["success", "transient", "non_retryable", "listed_type", "timeout"]
 
 
@@ -864,10 +827,12 @@ class Driver:
     deadlines: int = 0
     retries: int = 0
     redeliveries: int = 0
+    accepted: list[Event] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         saga = self.shape.saga
-        self.state = SagaState("prop-1", saga.name, saga.version, self.shape.input)
+        self.ledger = Ledger(SagaState("prop-1", saga.name, saga.version))
+        self.state = self.ledger.state
 
     @property
     def saga(self) -> Saga:
@@ -882,17 +847,14 @@ class Driver:
 
     def apply(self, event: Event, note: Callable[[Decision], None] | None = None) -> Decision:
         """Apply `event`; `note` records what happened before the new commands are checked."""
-        before = self.state
-        decision = decide(self.saga, before, event)
-        assert state_from_dict(state_to_dict(decision.state)) == decision.state
-        if decision.ignored:
-            assert decision.state == before
-            assert decision.commands == ()
+        decision = apply(self.saga, self.ledger, event)
+        if not decision.ignored:
+            self.accepted.append(event)
         if note is not None:
             note(decision)
         for command in decision.commands:
             self.check_command(command)
-        self.state = decision.state
+        self.state = self.ledger.state
         return decision
 
     def check_command(self, command: RunTask) -> None:
@@ -1061,7 +1023,7 @@ class Driver:
         # an operator or the clock steps in; some runs are calm, some are rough.
         self.fault_rate = self.data.draw(st.sampled_from([0, 2, 5, 10, 16]), label="faults")
         chaos = self.data.draw(st.sampled_from([0, 9, 24]), label="chaos")
-        self.apply(SagaStarted())
+        self.apply(SagaStarted(self.shape.input))
         while True:
             forced = self.deliveries >= FORCE_SUCCESS_AFTER
             failed = self.state.status is SagaStatus.FAILED
@@ -1080,6 +1042,9 @@ class Driver:
 
     def check_end(self) -> None:
         state = self.state
+        saga = self.saga
+        replayed = replay(saga, SagaState("prop-1", saga.name, saga.version), self.accepted)
+        assert replayed == self.ledger, "replaying the accepted events gave another state"
         assert state.status.settled, f"run ended in {state.status}"
         if state.status is not SagaStatus.FAILED:
             assert not self.outstanding
@@ -1100,7 +1065,8 @@ class Driver:
             assert not self.committed
             assert set(self.compensated) == set(undo)
             assert self.compensated == undo
-            assert {s.name for s in state.steps if s.status is StepStatus.COMPENSATED} == set(undo)
+            steps = self.ledger.steps.values()
+            assert {s.name for s in steps if s.status is StepStatus.COMPENSATED} == set(undo)
 
 
 @settings(
@@ -1126,8 +1092,8 @@ def test_random_runs_settle_and_compensate_exactly_what_took_effect(
 @settings(max_examples=100, deadline=None, database=None)
 @given(shape=shapes())
 def test_runs_where_everything_succeeds_complete(shape: Shape) -> None:
-    state = SagaState("ok-1", shape.saga.name, 1, shape.input)
-    decision = decide(shape.saga, state, SagaStarted())
+    ledger = Ledger(SagaState("ok-1", shape.saga.name, 1))
+    decision = apply(shape.saga, ledger, SagaStarted(shape.input))
     queue = list(decision.commands)
     actions: list[str] = []
     undone: list[str] = []
@@ -1139,15 +1105,16 @@ def test_runs_where_everything_succeeds_complete(shape: Shape) -> None:
         else:
             undone.append(command.step)
             event = CompensationSucceeded(command.step, 1)
-        decision = decide(shape.saga, decision.state, event)
+        decision = apply(shape.saga, ledger, event)
         assert not decision.ignored
         queue.extend(decision.commands)
-    final = decision.state
-    assert len(actions) == len(set(actions)) == len(final.steps)
+    final = ledger.state
+    steps = list(ledger.steps.values())
+    assert len(actions) == len(set(actions)) == len(steps)
     fans_out = [shape.stage_of[s.name] for s in shape.saga.all_steps() if s.for_each]
     if "items" in shape.input or not fans_out:
         assert final.status is SagaStatus.COMPLETED
-        assert all(s.status is StepStatus.SUCCEEDED for s in final.steps)
+        assert all(s.status is StepStatus.SUCCEEDED for s in steps)
         assert undone == []
     elif shape.pivot_stage is not None and min(fans_out) > shape.pivot_stage:
         assert final.status is SagaStatus.FAILED  # past the pivot: an operator decides

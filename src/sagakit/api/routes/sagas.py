@@ -9,8 +9,8 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 
 from ...core.definition import NAME_PATTERN
 from ...core.errors import InvalidInput
-from ...engine import SAGA_ID
-from ...views import saga_view, summary_view
+from ...core.inputs import SAGA_ID
+from ...queries import summary_view
 from ..deps import SystemDep, require_token
 from ..schemas import (
     CancelRequest,
@@ -73,7 +73,7 @@ def start_saga(
 ) -> Started:
     """Start a saga; the same Idempotency-Key twice returns the same saga."""
     result = system.engine.start(body.type, body.input, idempotency_key=idempotency_key)
-    record = system.engine.get(result.saga_id)
+    record = system.queries.get(result.saga_id)
     response.headers["Location"] = f"/api/sagas/{result.saga_id}"
     return _started(result.saga_id, result.created, record.status)
 
@@ -87,31 +87,34 @@ def list_sagas(
     ] = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
+    search: Annotated[
+        str | None,
+        Query(min_length=1, max_length=200, description="A saga id or an idempotency key."),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=200, description="`next_cursor` of the previous page."),
+    ] = None,
 ) -> SagaPage:
-    """Sagas, newest first; filter by status, type and creation time."""
-    records = system.engine.store.list_sagas(
+    """Sagas, newest first; filter by status, type, creation time, id or key."""
+    views, following = system.queries.page(
         status=status,
         saga_type=saga_type,
         created_after=_utc(created_after, "created_after"),
         created_before=_utc(created_before, "created_before"),
-        limit=limit + 1,
-        offset=offset,
+        search=search,
+        cursor=cursor,
+        limit=limit,
     )
-    items = [SagaSummary.model_validate(summary_view(r)) for r in records[:limit]]
-    more = len(records) > limit
-    return SagaPage(
-        items=items, limit=limit, offset=offset, next_offset=offset + limit if more else None
-    )
+    items = [SagaSummary.model_validate(v) for v in views]
+    return SagaPage(items=items, limit=limit, next_cursor=following)
 
 
 @router.get("/{saga_id}", response_model=SagaDetail, responses=ERRORS)
 def get_saga(saga_id: SagaId, system: SystemDep) -> SagaDetail:
     """A saga: status, steps with their attempts and compensations, transition history."""
-    engine = system.engine
-    view = saga_view(engine.get(saga_id), engine.attempts(saga_id), engine.history(saga_id))
-    return SagaDetail.model_validate(view)
+    return SagaDetail.model_validate(system.queries.detail(saga_id))
 
 
 @router.post(
@@ -125,7 +128,8 @@ def cancel_saga(
 ) -> SagaSummary:
     """Stop the saga's forward steps and compensate what it did."""
     reason = (body or CancelRequest()).reason
-    return SagaSummary.model_validate(summary_view(system.engine.cancel(saga_id, reason)))
+    system.engine.cancel(saga_id, reason)
+    return SagaSummary.model_validate(summary_view(system.queries.get(saga_id)))
 
 
 @router.post(
@@ -136,4 +140,5 @@ def cancel_saga(
 )
 def retry_saga(saga_id: SagaId, system: SystemDep) -> SagaSummary:
     """Resume a failed saga where it stopped."""
-    return SagaSummary.model_validate(summary_view(system.engine.retry(saga_id)))
+    system.engine.retry(saga_id)
+    return SagaSummary.model_validate(summary_view(system.queries.get(saga_id)))

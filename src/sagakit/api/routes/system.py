@@ -15,7 +15,7 @@ router = APIRouter(tags=["system"])
 
 def _check_database(system: System) -> str:
     try:
-        system.engine.store.ping()
+        system.queries.ping()
     except Exception as exc:
         return f"unreachable: {type(exc).__name__}"
     return "ok"
@@ -49,5 +49,5 @@ def healthz(system: SystemDep, response: Response) -> Health:
 )
 def metrics(system: SystemDep) -> Response:
     """Prometheus metrics, computed from the saga log (complete across all processes)."""
-    registry = registry_for(system.engine.store.engine)
+    registry = registry_for(system.process.db, list(system.sagas))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,130 @@
+"""The wire between the saga log and the workers: task ids and step messages, both halves.
+
+A step message is an ordinary Celery message to the service's own task (``robots.allocate``)
+on its queue. Its task id is deterministic and says which attempt it is,
+``<saga id>.<position>.<instance>.<fwd|comp>.<attempt>`` (``3f2a.03.explore-1.fwd.2``), so
+Flower's search finds a whole saga by its id and a redelivery is recognised for what it is.
+Its kwargs carry ids, the fan-out item and what the step declared it reads
+(`Step.reads`); never a copy of every earlier output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NotRequired, TypedDict
+
+from .core.events import Direction
+from .core.state import JSON, instance_name, parse_instance
+
+_KIND: dict[Direction, str] = {"action": "fwd", "compensation": "comp"}
+_DIRECTION: dict[str, Direction] = {v: k for k, v in _KIND.items()}
+
+
+class StepKwargs(TypedDict):
+    """The kwargs of a step message."""
+
+    saga_id: str
+    saga_type: str
+    step: str
+    attempt: int
+    direction: Direction
+    item: NotRequired[JSON]
+    input: NotRequired[dict[str, JSON]]
+    results: NotRequired[dict[str, JSON]]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskId:
+    """A step message's task id, taken apart."""
+
+    saga_id: str
+    position: int
+    step: str
+    direction: Direction
+    attempt: int
+
+    def __str__(self) -> str:
+        step, index = parse_instance(self.step)
+        part = step if index is None else f"{step}-{index}"
+        return f"{self.saga_id}.{self.position:02d}.{part}.{_KIND[self.direction]}.{self.attempt}"
+
+
+def task_id(saga_id: str, position: int, step: str, direction: Direction, attempt: int) -> str:
+    """The deterministic task id of one attempt."""
+    return str(TaskId(saga_id, position, step, direction, attempt))
+
+
+def parse_task_id(value: str) -> TaskId | None:
+    """Take a sagakit task id apart; None for any other task id."""
+    parts = value.split(".")
+    if len(parts) != 5 or parts[3] not in _DIRECTION:
+        return None
+    saga_id, position, part, kind, attempt = parts
+    step, _, index = part.partition("-")
+    try:
+        name = instance_name(step, int(index) if index else None)
+        parse_instance(name)
+        return TaskId(saga_id, int(position), name, _DIRECTION[kind], int(attempt))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """One step message to send: written in a transition's transaction, sent after it."""
+
+    saga_id: str
+    task_id: str
+    task_name: str
+    queue: str
+    kwargs: StepKwargs
+    time_limit: float | None
+    """Hard time limit in seconds; the soft limit (the step's timeout) comes before it."""
+    soft_time_limit: float | None
+    not_before: datetime
+
+
+class BadMessage(ValueError):
+    """A step message that cannot be decoded; `why` says what is wrong with it."""
+
+    def __init__(self, task_id: str, why: str) -> None:
+        super().__init__(f"step message {task_id}: {why}")
+        self.task_id = task_id
+        self.why = why
+
+
+def decode(task: str, kwargs: Mapping[str, Any]) -> StepKwargs:
+    """Check a received step message against its task id. Raises BadMessage."""
+    parsed = parse_task_id(task)
+    if parsed is None:
+        raise BadMessage(task, "the task id is not a sagakit step task id")
+    expected = {
+        "saga_id": parsed.saga_id,
+        "step": parsed.step,
+        "attempt": parsed.attempt,
+        "direction": parsed.direction,
+    }
+    for key, value in expected.items():
+        if key in kwargs and kwargs[key] != value:
+            raise BadMessage(task, f"{key} is {kwargs[key]!r}, the task id says {value!r}")
+    saga_type = kwargs.get("saga_type")
+    if not isinstance(saga_type, str) or not saga_type:
+        raise BadMessage(task, "saga_type is missing")
+    decoded: StepKwargs = {
+        "saga_id": parsed.saga_id,
+        "saga_type": saga_type,
+        "step": parsed.step,
+        "attempt": parsed.attempt,
+        "direction": parsed.direction,
+    }
+    if "item" in kwargs:
+        decoded["item"] = kwargs["item"]
+    for key in ("input", "results"):
+        value = kwargs.get(key)
+        if value is not None:
+            if not isinstance(value, dict):
+                raise BadMessage(task, f"{key} must be an object")
+            decoded[key] = value  # type: ignore[literal-required]
+    return decoded

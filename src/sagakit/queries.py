@@ -1,0 +1,332 @@
+"""The read side: what the API, the CLI and the dashboard show, composed in one place.
+
+A saga's attempts are told by its history (each scheduled message, each outcome with its
+worker, start, error and traceback) together with its step rows (an action's output) and
+the workers' heartbeats (which attempts are running right now, and since when).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from .core.definition import Saga
+from .core.errors import InvalidInput
+from .core.inputs import check_saga_id
+from .core.ledger import Ledger, replay
+from .core.state import SagaState
+from .journal import OUTCOME_EVENTS, event_of
+from .store import reads, recovery
+from .store.reads import Cursor, HistoryRecord, SagaRecord, StepRecord
+from .store.stats import OUTCOME_LABELS
+
+_EPOCH = datetime(1970, 1, 1).astimezone()
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 with timezone, or None."""
+    return None if value is None else value.isoformat()
+
+
+def duration(start: datetime | None, end: datetime | None) -> float | None:
+    """Seconds between two instants, or None when either is missing."""
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 4)
+
+
+def encode_cursor(record: SagaRecord) -> str:
+    """An opaque cursor pointing just past `record` in a newest-first listing."""
+    raw = f"{record.created_at.isoformat()}|{record.saga_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(value: str) -> Cursor:
+    """The position a cursor names. Raises InvalidInput for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        created, _, saga_id = raw.partition("|")
+        return Cursor(datetime.fromisoformat(created), check_saga_id(saga_id))
+    except (ValueError, binascii.Error, UnicodeDecodeError, InvalidInput):
+        raise InvalidInput("cursor", "not a cursor returned by a previous page") from None
+
+
+def summary_view(record: SagaRecord) -> dict[str, Any]:
+    """The fields a listing shows."""
+    return {
+        "id": record.saga_id,
+        "type": record.saga_type,
+        "definition_version": record.state.definition_version,
+        "status": record.status,
+        "reason": record.reason,
+        "failed_step": record.failed_step,
+        "created_at": iso(record.created_at),
+        "updated_at": iso(record.updated_at),
+        "finished_at": iso(record.finished_at),
+        "duration": duration(record.created_at, record.finished_at),
+    }
+
+
+def transition_view(h: HistoryRecord) -> dict[str, Any]:
+    """One history entry."""
+    return {
+        "id": h.id,
+        "event": h.event,
+        "step": h.step,
+        "attempt": h.attempt,
+        "from": h.from_status,
+        "to": h.to_status,
+        "at": iso(h.at),
+        "detail": h.detail,
+    }
+
+
+@dataclass
+class AttemptView:
+    """One attempt of one step instance's action or compensation, as the history tells it."""
+
+    direction: str
+    attempt: int
+    step: str = ""
+    task_id: str = ""
+    task_name: str = ""
+    queue: str = ""
+    status: str = "scheduled"
+    worker: str | None = None
+    scheduled_at: datetime | None = None
+    not_before: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    output: Any = None
+    error: str | None = None
+    traceback: str | None = None
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "direction": self.direction,
+            "status": self.status,
+            "task_id": self.task_id,
+            "task_name": self.task_name,
+            "queue": self.queue,
+            "worker": self.worker,
+            "scheduled_at": iso(self.scheduled_at),
+            "not_before": iso(self.not_before),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "duration": duration(self.started_at, self.finished_at),
+            "output": self.output,
+            "error": self.error,
+            "traceback": self.traceback,
+        }
+
+
+def attempts(
+    history: Iterable[HistoryRecord],
+    steps: Sequence[StepRecord],
+    running: dict[str, tuple[str, datetime]] | None = None,
+) -> dict[tuple[str, str], list[AttemptView]]:
+    """Every attempt by (instance, direction), in order, told by the history."""
+    found: dict[tuple[str, str, int], AttemptView] = {}
+    outputs = {s.state.name: s.output for s in steps}
+    for h in history:
+        if h.step is None or h.attempt is None:
+            continue
+        detail = h.detail or {}
+        if h.event in ("step_scheduled", "compensation_scheduled"):
+            direction = "action" if h.event == "step_scheduled" else "compensation"
+            a = found.setdefault(
+                (h.step, direction, h.attempt), AttemptView(direction, h.attempt, h.step)
+            )
+            a.task_id = str(detail.get("task_id", ""))
+            a.task_name = str(detail.get("task", ""))
+            a.queue = str(detail.get("queue", ""))
+            a.scheduled_at = h.at
+            a.not_before = h.at + timedelta(seconds=float(detail.get("delay") or 0))
+        elif h.event in ("step_started", "compensation_started"):  # entries of older logs
+            direction = "action" if h.event == "step_started" else "compensation"
+            a = found.setdefault(
+                (h.step, direction, h.attempt), AttemptView(direction, h.attempt, h.step)
+            )
+            a.started_at, a.worker, a.status = h.at, detail.get("worker"), "running"
+        elif h.event in OUTCOME_EVENTS:
+            direction, status = OUTCOME_LABELS[h.event]
+            a = found.setdefault(
+                (h.step, direction, h.attempt), AttemptView(direction, h.attempt, h.step)
+            )
+            a.status = status
+            a.finished_at = h.at
+            a.started_at = h.started_at or a.started_at
+            a.worker = detail.get("worker") or a.worker
+            a.task_id = a.task_id or str(detail.get("task_id", ""))
+            a.error = detail.get("error")
+            a.traceback = detail.get("traceback")
+            if status == "timed_out":
+                a.error = a.error or f"attempt {h.attempt} timed out"
+            if direction == "compensation":
+                a.output = detail.get("output")
+            elif status == "succeeded":
+                a.output = outputs.get(h.step)
+    for a in found.values():
+        if a.status == "scheduled" and running and a.task_id in running:
+            a.worker, a.started_at = running[a.task_id]
+            a.status = "running"
+    grouped: dict[tuple[str, str], list[AttemptView]] = {}
+    for (step, direction, _), a in sorted(found.items(), key=lambda kv: kv[0][2]):
+        grouped.setdefault((step, direction), []).append(a)
+    return grouped
+
+
+def saga_view(
+    record: SagaRecord,
+    steps: Sequence[StepRecord],
+    history: Sequence[HistoryRecord],
+    running: dict[str, tuple[str, datetime]] | None = None,
+) -> dict[str, Any]:
+    """Everything about one saga: status, steps with their attempts, history."""
+    tried = attempts(history, steps, running)
+    step_views = [
+        {
+            "name": s.state.name,
+            "step": s.state.step,
+            "index": s.state.index,
+            "stage": s.state.stage,
+            "status": s.state.status.value,
+            "item": s.state.item,
+            "output": s.output,
+            "error": s.state.error,
+            "attempts": [a.view() for a in tried.get((s.state.name, "action"), [])],
+            "compensations": [a.view() for a in tried.get((s.state.name, "compensation"), [])],
+        }
+        for s in steps
+    ]
+    return {
+        **summary_view(record),
+        "input": record.input,
+        "idempotency_key": record.idempotency_key,
+        "deadline_at": iso(record.deadline_at),
+        "steps": step_views,
+        "history": [transition_view(h) for h in history],
+    }
+
+
+class Queries:
+    """Reads of the saga log for every entry point."""
+
+    def __init__(self, db: sa.Engine) -> None:
+        self.db = db
+
+    def get(self, saga_id: str) -> SagaRecord:
+        """One saga. Raises SagaNotFound."""
+        return reads.get(self.db, saga_id)
+
+    def history(self, saga_id: str, *, after: int = 0) -> list[HistoryRecord]:
+        """The saga's history after entry `after`."""
+        return reads.history(self.db, saga_id, after=after)
+
+    def steps(self, saga_id: str) -> list[StepRecord]:
+        """The saga's step rows."""
+        return reads.steps(self.db, saga_id)
+
+    def attempts(self, saga_id: str) -> list[AttemptView]:
+        """Every attempt of the saga's actions and compensations, in the order made."""
+        told = attempts(self.history(saga_id), self.steps(saga_id), self._running())
+        every = [a for group in told.values() for a in group]
+        return sorted(every, key=lambda a: a.scheduled_at or a.finished_at or _EPOCH)
+
+    def detail(self, saga_id: str) -> dict[str, Any]:
+        """The full view of one saga. Raises SagaNotFound."""
+        record = self.get(saga_id)
+        history = self.history(saga_id)
+        steps = self.steps(saga_id)
+        running = {} if record.state.status.settled else self._running()
+        return saga_view(record, steps, history, running)
+
+    def _running(self) -> dict[str, tuple[str, datetime]]:
+        """Task ids the live workers say they run: (worker, since when)."""
+        return {
+            h.task_id: (worker.name, datetime.fromtimestamp(h.started, UTC))
+            for worker in recovery.workers(self.db)
+            for h in worker.held
+            if h.started is not None
+        }
+
+    def page(
+        self,
+        *,
+        status: str | None = None,
+        saga_type: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        search: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of sagas, newest first, and the cursor of the next page (or None)."""
+        records = reads.list_sagas(
+            self.db,
+            status=status,
+            saga_type=saga_type,
+            created_after=created_after,
+            created_before=created_before,
+            search=search,
+            after=decode_cursor(cursor) if cursor else None,
+            limit=limit + 1,
+        )
+        more = len(records) > limit
+        records = records[:limit]
+        following = encode_cursor(records[-1]) if more and records else None
+        return [summary_view(r) for r in records], following
+
+    def statuses(self, saga_ids: Sequence[str]) -> dict[str, str]:
+        """The status of each existing saga among `saga_ids`."""
+        return reads.statuses(self.db, saga_ids)
+
+    def wait(self, saga_id: str, timeout: float = 60.0, poll: float = 0.05) -> SagaRecord:
+        """Block until the saga settles (scripts and tests). Raises TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.get(saga_id)
+            if record.state.status.settled:
+                return record
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"saga {saga_id} still {record.status} after {timeout}s")
+            time.sleep(poll)
+
+    def stored(self, saga_id: str) -> Ledger:
+        """The saga's state as the log holds it: its head and every step instance."""
+        record = self.get(saga_id)
+        return Ledger(record.state, {s.state.name: s.state for s in self.steps(saga_id)})
+
+    def replay(self, saga: Saga, saga_id: str) -> Ledger:
+        """Fold the saga's history back through the state machine (it must equal `stored`)."""
+        record = self.get(saga_id)
+        outputs = {s.state.name: s.output for s in self.steps(saga_id)}
+        events = [
+            event
+            for h in self.history(saga_id)
+            if (
+                event := event_of(
+                    h.event,
+                    h.step,
+                    h.attempt,
+                    h.detail,
+                    input=lambda: record.input or {},
+                    output=outputs.get,
+                )
+            )
+            is not None
+        ]
+        head = SagaState(saga_id, record.saga_type, record.state.definition_version)
+        return replay(saga, head, events)
+
+    def ping(self) -> None:
+        """Raise if the saga log cannot be reached."""
+        reads.ping(self.db)

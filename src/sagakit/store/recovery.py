@@ -1,0 +1,279 @@
+"""The sweeper's queries: heartbeats, messages to (re)send, deadlines.
+
+Each query is bounded (a LIMIT, a partial index) so a sweep costs the same with ten sagas
+in flight or ten thousand, and safe when several sweepers run at once: rows are taken with
+``FOR UPDATE SKIP LOCKED`` or deleted with ``RETURNING``, so each is handled once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..core.state import BUSY_STATUSES
+from . import schema as t
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A task a worker runs (`started` is set) or holds, waiting to run it."""
+
+    task_id: str
+    started: float | None = None
+    """Epoch seconds at which it began to run."""
+    soft_limit: float | None = None
+    """Seconds it may run (the step's timeout)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """One heartbeat of one worker process."""
+
+    name: str
+    pid: int
+    started_at: datetime
+    held: tuple[Held, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    """A stored heartbeat."""
+
+    name: str
+    pid: int
+    started_at: datetime
+    beat_at: datetime
+    held: tuple[Held, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A step row whose message is to be sent."""
+
+    saga_id: str
+    saga_type: str
+    name: str
+    status: str
+    attempt: int
+    comp_attempt: int
+    item: Any
+    task_id: str
+    task_name: str
+    queue: str
+    not_before: datetime
+
+
+def _encode(held: Iterable[Held]) -> list[list[Any]]:
+    return [[h.task_id, h.started, h.soft_limit] for h in held]
+
+
+def _decode(raw: Any) -> tuple[Held, ...]:
+    return tuple(Held(str(r[0]), r[1], r[2]) for r in raw or ())
+
+
+def _insert(db: sa.Engine) -> Any:
+    return postgresql.insert if db.dialect.name == "postgresql" else sqlite.insert
+
+
+def beat(db: sa.Engine, heartbeat: Beat, now: datetime) -> WorkerRow | None:
+    """Record a heartbeat; return the previous incarnation's row if this name restarted."""
+    w = t.workers.c
+    values = {
+        "pid": heartbeat.pid,
+        "started_at": heartbeat.started_at,
+        "beat_at": now,
+        "running": _encode(h for h in heartbeat.held if h.started is not None),
+        "reserved": _encode(h for h in heartbeat.held if h.started is None),
+    }
+    with db.begin() as conn:
+        old = conn.execute(
+            sa.select(t.workers).where(w.name == heartbeat.name).with_for_update()
+        ).first()
+        statement = _insert(db)(t.workers).values(name=heartbeat.name, **values)
+        conn.execute(statement.on_conflict_do_update(index_elements=["name"], set_=values))
+    if old is None or (old.pid, old.started_at) == (heartbeat.pid, heartbeat.started_at):
+        return None
+    return _worker(old)
+
+
+def forget(db: sa.Engine, name: str) -> None:
+    """Remove a worker that shut down cleanly."""
+    with db.begin() as conn:
+        conn.execute(t.workers.delete().where(t.workers.c.name == name))
+
+
+def take_silent(db: sa.Engine, silent_since: datetime) -> list[WorkerRow]:
+    """Remove and return the workers that have not beaten since `silent_since`."""
+    with db.begin() as conn:
+        rows = conn.execute(
+            t.workers.delete().where(t.workers.c.beat_at < silent_since).returning(t.workers)
+        ).all()
+    return [_worker(r) for r in rows]
+
+
+def workers(db: sa.Engine) -> list[WorkerRow]:
+    """Every stored heartbeat."""
+    with db.connect() as conn:
+        return [_worker(r) for r in conn.execute(sa.select(t.workers)).all()]
+
+
+def _worker(row: Any) -> WorkerRow:
+    held = (*_decode(row.running), *(Held(h.task_id) for h in _decode(row.reserved)))
+    return WorkerRow(row.name, row.pid, row.started_at, row.beat_at, held)
+
+
+def _pending(rows: Sequence[Any]) -> list[Pending]:
+    return [
+        Pending(
+            r.saga_id,
+            r.saga_type,
+            r.name,
+            r.status,
+            r.attempt,
+            r.comp_attempt,
+            r.item,
+            r.task_id,
+            r.task_name,
+            r.queue,
+            r.not_before,
+        )
+        for r in rows
+    ]
+
+
+def _pending_select() -> Any:
+    s, st = t.sagas.c, t.steps.c
+    return sa.select(
+        st.saga_id,
+        s.saga_type,
+        st.name,
+        st.status,
+        st.attempt,
+        st.comp_attempt,
+        st.item,
+        st.task_id,
+        st.task_name,
+        st.queue,
+        st.not_before,
+    ).select_from(t.steps.join(t.sagas, s.saga_id == st.saga_id))
+
+
+def take_due(
+    db: sa.Engine, now: datetime, saga_types: Collection[str], limit: int
+) -> list[Pending]:
+    """Mark sent and return the unsent messages that are due, of the given saga types."""
+    st = t.steps.c
+    with db.begin() as conn:
+        rows = conn.execute(
+            _pending_select()
+            .where(
+                st.sent_at.is_(None),
+                st.status.in_(BUSY_STATUSES),
+                st.not_before <= now,
+                t.sagas.c.saga_type.in_(list(saga_types)),
+            )
+            .order_by(st.not_before)
+            .limit(limit)
+            .with_for_update(of=t.steps, skip_locked=True)
+        ).all()
+        for r in rows:
+            conn.execute(
+                t.steps.update()
+                .where(st.saga_id == r.saga_id, st.name == r.name, st.task_id == r.task_id)
+                .values(sent_at=now, send_count=st.send_count + 1)
+            )
+    return _pending(rows)
+
+
+def sent_before(db: sa.Engine, before: datetime, limit: int) -> list[Pending]:
+    """Outstanding messages sent before `before`, oldest first."""
+    st = t.steps.c
+    with db.connect() as conn:
+        rows = conn.execute(
+            _pending_select()
+            .where(st.status.in_(BUSY_STATUSES), st.sent_at <= before)
+            .order_by(st.sent_at)
+            .limit(limit)
+        ).all()
+    return _pending(rows)
+
+
+def stale_sends(db: sa.Engine, now: datetime, redrive_after: float, limit: int) -> list[Pending]:
+    """Outstanding messages unclaimed for long, backing off per row: the n-th re-send waits
+    `redrive_after` * 2**(n-1) seconds."""
+    st = t.steps.c
+    with db.connect() as conn:
+        rows = conn.execute(
+            _pending_select()
+            .add_columns(st.sent_at, st.send_count)
+            .where(
+                st.status.in_(BUSY_STATUSES),
+                st.sent_at < now - timedelta(seconds=redrive_after),
+            )
+            .order_by(st.sent_at)
+            .limit(limit)
+        ).all()
+    return [
+        p
+        for p, r in zip(_pending(rows), rows, strict=True)
+        if r.sent_at <= now - timedelta(seconds=redrive_after * 2 ** min(r.send_count - 1, 12))
+    ]
+
+
+def unsend(db: sa.Engine, messages: Iterable[Pending]) -> int:
+    """Mark messages unsent (the next sweep sends them) unless their attempt moved on."""
+    st = t.steps.c
+    count = 0
+    with db.begin() as conn:
+        for p in messages:
+            result = conn.execute(
+                t.steps.update()
+                .where(
+                    st.saga_id == p.saga_id,
+                    st.name == p.name,
+                    st.task_id == p.task_id,
+                    st.status.in_(BUSY_STATUSES),
+                )
+                .values(sent_at=None)
+            )
+            count += result.rowcount
+    return count
+
+
+def overdue_sagas(db: sa.Engine, now: datetime, limit: int) -> list[str]:
+    """Ids of sagas past their deadline that have not passed their pivot or settled."""
+    s = t.sagas.c
+    with db.connect() as conn:
+        return [
+            str(v)
+            for v in conn.execute(
+                sa.select(s.saga_id)
+                .where(
+                    s.deadline_at.is_not(None),
+                    s.deadline_at < now,
+                    s.status.in_(("pending", "running")),
+                )
+                .limit(limit)
+            ).scalars()
+        ]
+
+
+def outbox(db: sa.Engine, now: datetime) -> tuple[int, int, float | None]:
+    """(unsent messages, outstanding messages, age in seconds of the oldest unsent one)."""
+    st = t.steps.c
+    with db.connect() as conn:
+        unsent, oldest = conn.execute(
+            sa.select(sa.func.count(), sa.func.min(st.not_before)).where(
+                st.sent_at.is_(None), st.status.in_(BUSY_STATUSES), st.not_before <= now
+            )
+        ).one()
+        busy = conn.execute(
+            sa.select(sa.func.count()).where(st.status.in_(BUSY_STATUSES))
+        ).scalar_one()
+    age = None if oldest is None else max(0.0, (now - oldest).total_seconds())
+    return int(unsent), int(busy), age

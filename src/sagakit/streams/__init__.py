@@ -1,0 +1,1 @@
+"""Redis Streams: the ``sagakit:events`` stream of history entries (publisher, codec)."""

@@ -1,0 +1,286 @@
+"""Recovery: send what was not sent, re-send only what was lost, time out what overran.
+
+Every worker runs a sweeper (`runtime.worker.SweeperThread`) that, every interval:
+
+1. beats: records the worker's heartbeat with the task ids it runs and holds;
+2. takes over from workers that died: a worker silent for `worker_lost_after` (or one
+   whose name came back with a new process) has lost its tasks: those it was running time
+   out (they may have taken effect), those it held unstarted are sent again;
+3. sends messages whose rows are unsent: a broker that refused them, a retry's delay;
+4. re-sends what the broker lost: when the broker says it lost its queues (a Redis
+   restart without persistence, a flush), every outstanding message no live worker holds;
+   and, as a safety net, a message unclaimed for `redrive_after` whose queue is empty and
+   that no worker holds (backing off per row). A message still waiting in a long queue is
+   never sent twice;
+5. times out attempts that run past their step's timeout (the heartbeat says since when);
+6. fires saga deadlines;
+7. folds finished sagas and attempts into the metrics counters.
+
+Several sweepers may run at once: each row is taken by one of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import sqlalchemy as sa
+
+from .core.events import CompensationFailed, DeadlineExceeded, Direction, Event, StepTimedOut
+from .engine import Engine
+from .journal import Attempt
+from .messages import OutboxMessage, StepKwargs, parse_task_id
+from .store import recovery, stats
+from .store.recovery import Beat, Held, Pending
+
+logger = logging.getLogger(__name__)
+
+
+class BrokerWatch(Protocol):
+    """What the sweeper asks the broker."""
+
+    def lost(self) -> datetime | None:
+        """Once the broker has lost its queued messages: the time before which messages sent
+        were lost (None otherwise)."""
+
+    def depth(self, queue: str) -> int | None:
+        """Messages waiting in `queue`, or None when the broker cannot tell."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The worker process a sweeper beats for."""
+
+    name: str
+    pid: int
+    started_at: datetime
+
+
+@dataclass(slots=True)
+class SweepReport:
+    """What one sweep did."""
+
+    sent: int = 0
+    resent: int = 0
+    timed_out: int = 0
+    lost: int = 0
+    deadlines: int = 0
+    folded: int = 0
+
+    def __bool__(self) -> bool:
+        return any((self.sent, self.resent, self.timed_out, self.lost, self.deadlines))
+
+
+@dataclass
+class Sweeper:
+    """One process's share of recovery (see the module docstring)."""
+
+    engine: Engine
+    db: sa.Engine
+    broker: BrokerWatch | None = None
+    identity: Identity | None = None
+    holdings: Callable[[], Sequence[Held]] = tuple
+    redrive_after: float = 30.0
+    worker_lost_after: float = 30.0
+    timeout_grace: float = 5.0
+    rollup_every: float = 15.0
+    batch: int = 200
+    _expired: set[str] = field(default_factory=set)
+    _redrive_before: datetime | None = None
+    _next_rollup: float = 0.0
+
+    def beat(self) -> None:
+        """Record this worker's heartbeat; take over from its previous incarnation."""
+        if self.identity is None:
+            return
+        held = tuple(self.holdings())
+        heartbeat = Beat(self.identity.name, self.identity.pid, self.identity.started_at, held)
+        previous = recovery.beat(self.db, heartbeat, self.engine.clock())
+        if previous is not None:
+            mine = {h.task_id for h in held}
+            self._take_over(previous.name, [h for h in previous.held if h.task_id not in mine])
+
+    def forget(self) -> None:
+        """Remove this worker's heartbeat (a clean shutdown)."""
+        if self.identity is not None:
+            recovery.forget(self.db, self.identity.name)
+
+    def sweep(self) -> SweepReport:
+        """One pass of recovery."""
+        report = SweepReport()
+        self.beat()
+        now = self.engine.clock()
+        silent = now - timedelta(seconds=self.worker_lost_after)
+        for dead in recovery.take_silent(self.db, silent):
+            report.lost += self._take_over(dead.name, dead.held)
+        alive = recovery.workers(self.db)
+        held = {h.task_id for w in alive for h in w.held}
+        lost_before = self.broker.lost() if self.broker is not None else None
+        if lost_before is not None:
+            self._redrive_before = lost_before
+        if self._redrive_before is not None:
+            lost = recovery.sent_before(self.db, self._redrive_before, self.batch)
+            if len(lost) < self.batch:
+                self._redrive_before = None
+            count = recovery.unsend(self.db, [p for p in lost if p.task_id not in held])
+            if count:
+                logger.warning(
+                    "%d messages were lost by the broker (restarted, flushed, or an earlier "
+                    "embedded run): sending them again",
+                    count,
+                )
+            report.resent += count
+        report.sent = self._send_due(now)
+        report.resent += self._resend_stranded(now, held)
+        report.timed_out = self._time_out(alive, now)
+        report.deadlines = self._deadlines(now)
+        if time.monotonic() >= self._next_rollup:
+            self._next_rollup = time.monotonic() + self.rollup_every
+            report.folded = stats.fold(self.db, now)
+        return report
+
+    # --- the parts -----------------------------------------------------------------
+
+    def _send_due(self, now: datetime) -> int:
+        messages = []
+        for p in recovery.take_due(self.db, now, self.engine.sagas, self.batch):
+            try:
+                messages.append(self._message(p))
+            except KeyError:  # a step this process's definition of the saga does not have
+                logger.warning(
+                    "message %s not sent: step %s is not defined here", p.task_id, p.name
+                )
+        return self.engine.send(messages)
+
+    def _resend_stranded(self, now: datetime, held: set[str]) -> int:
+        stale = [
+            p
+            for p in recovery.stale_sends(self.db, now, self.redrive_after, self.batch)
+            if p.task_id not in held
+        ]
+        empty: dict[str, bool] = {}
+        stranded = []
+        for p in stale:
+            if p.queue not in empty:
+                depth = self.broker.depth(p.queue) if self.broker is not None else None
+                empty[p.queue] = depth == 0
+            if empty[p.queue]:
+                stranded.append(p)
+        if stranded:
+            logger.warning(
+                "%d messages unclaimed for %ss with their queues empty: sending them again",
+                len(stranded),
+                self.redrive_after,
+            )
+        return recovery.unsend(self.db, stranded)
+
+    def _take_over(self, worker: str, held: Sequence[Held]) -> int:
+        """A worker died: time out what it ran, send again what it held unstarted."""
+        unstarted = []
+        count = 0
+        for h in held:
+            if h.started is None:
+                parsed = parse_task_id(h.task_id)
+                if parsed is not None:
+                    unstarted.append(h.task_id)
+                continue
+            count += self._expire(h, f"worker {worker} stopped", worker)
+        if unstarted:
+            count += self._unsend_ids(unstarted)
+        if held:
+            logger.warning("worker %s stopped; took over %d of its tasks", worker, count)
+        return count
+
+    def _unsend_ids(self, task_ids: Sequence[str]) -> int:
+        pending = []
+        for value in task_ids:
+            parsed = parse_task_id(value)
+            if parsed is None:
+                continue
+            pending.append(
+                Pending(parsed.saga_id, "", parsed.step, "", 0, 0, None, value, "", "", _EPOCH)
+            )
+        return recovery.unsend(self.db, pending)
+
+    def _time_out(self, alive: Sequence[recovery.WorkerRow], now: datetime) -> int:
+        count = 0
+        epoch = now.timestamp()
+        running = set()
+        for worker in alive:
+            for h in worker.held:
+                if h.started is None:
+                    continue
+                running.add(h.task_id)
+                if h.soft_limit is None or h.task_id in self._expired:
+                    continue
+                if h.started + h.soft_limit + self.timeout_grace < epoch:
+                    self._expired.add(h.task_id)
+                    why = f"ran longer than its timeout of {h.soft_limit:g}s"
+                    count += self._expire(h, why, worker.name)
+        self._expired &= running
+        return count
+
+    def _expire(self, held: Held, why: str, worker: str) -> int:
+        value = held.task_id
+        parsed = parse_task_id(value)
+        if parsed is None:
+            return 0
+        event: Event
+        if parsed.direction == "action":
+            event = StepTimedOut(parsed.step, parsed.attempt, why)
+        else:
+            event = CompensationFailed(parsed.step, parsed.attempt, f"timed out: {why}")
+        started = datetime.fromtimestamp(held.started, UTC) if held.started else None
+        try:
+            decision = self.engine.record(parsed.saga_id, event, Attempt(value, worker, started))
+        except Exception as exc:  # one saga this process cannot advance must not stop the rest
+            logger.warning("attempt %s not timed out: %s", value, exc)
+            return 0
+        if decision.ignored:
+            return 0
+        logger.warning(
+            "attempt %s ended: %s",
+            value,
+            why,
+            extra={"saga_id": parsed.saga_id, "step": parsed.step, "attempt": parsed.attempt},
+        )
+        return 1
+
+    def _deadlines(self, now: datetime) -> int:
+        count = 0
+        for saga_id in recovery.overdue_sagas(self.db, now, self.batch):
+            try:
+                decision = self.engine.record(saga_id, DeadlineExceeded())
+            except Exception as exc:
+                logger.warning("deadline of %s not applied: %s", saga_id, exc)
+                continue
+            count += int(not decision.ignored)
+        return count
+
+    def _message(self, p: Pending) -> OutboxMessage:
+        direction: Direction = "compensation" if p.status == "compensating" else "action"
+        kwargs: StepKwargs = {
+            "saga_id": p.saga_id,
+            "saga_type": p.saga_type,
+            "step": p.name,
+            "attempt": p.comp_attempt if direction == "compensation" else p.attempt,
+            "direction": direction,
+        }
+        if p.item is not None:
+            kwargs["item"] = p.item
+        saga = self.engine.definition(p.saga_type)
+        step = saga.step(p.name)
+        if step.reads:
+            self.engine._embed(kwargs, step.reads, None)
+        soft = step.timeout
+        hard = None if soft is None else soft + 2 * self.engine.timeout_grace
+        return OutboxMessage(
+            p.saga_id, p.task_id, p.task_name, p.queue, kwargs, hard, soft, p.not_before
+        )
+
+
+_EPOCH = datetime.fromtimestamp(0).astimezone()
