@@ -93,7 +93,7 @@ def _start_member(name: str, saga: Saga) -> type[BaseModel]:
     tag: Any = Literal[name]  # a type made at run time, one per registered saga type
     member: type[BaseModel] = create_model(
         "Start" + "".join(part.capitalize() for part in name.split("_")),
-        __config__=ConfigDict(extra="forbid", title=name),
+        __config__=ConfigDict(extra="forbid", title=f"start {name}"),
         __doc__=saga.description or f"Start a `{name}` saga.",
         type=(tag, Field(description="The saga type.")),
         input=(input_type, input_field),

@@ -253,6 +253,16 @@ class TestOpenApi:
             assert response.status_code == 202, (name, response.text)
             assert wait_settled(client, response.json()["id"])["status"] == "completed", name
 
+    @pytest.mark.parametrize("key", ["", "k" * 201])
+    def test_an_idempotency_key_of_the_wrong_length_is_422(
+        self, client: TestClient, key: str
+    ) -> None:
+        body = {"type": "slam", "input": MISSION}
+        response = client.post("/api/sagas", json=body, headers={"Idempotency-Key": key})
+
+        assert response.status_code == 422, response.text
+        assert response.json()["field"] == "header.Idempotency-Key"
+
     def test_malformed_json_is_422(self, client: TestClient) -> None:
         response = client.post(
             "/api/sagas", content=b'{"type": ', headers={"content-type": "application/json"}

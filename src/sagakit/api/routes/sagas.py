@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Response
+from pydantic import WithJsonSchema
 
 from ...core.definition import NAME_PATTERN, Saga
 from ...core.errors import InvalidInput
@@ -75,7 +76,14 @@ def start_router(saga_types: Mapping[str, Saga]) -> APIRouter:
         system: SystemDep,
         response: Response,
         idempotency_key: Annotated[
-            str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                min_length=1,
+                max_length=200,
+                description="Send the same key again to get the first saga back.",
+            ),
+            WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200}),
         ] = None,
     ) -> Started:
         """Start a saga; the same Idempotency-Key twice returns the same saga."""
