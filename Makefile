@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install demo test test-fast check lint format typecheck compose-check clean
+.PHONY: install demo test test-fast check lint format typecheck compose-check swagger-ui clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "sagakit needs Python >= 3.11"'
@@ -40,6 +40,10 @@ check: lint typecheck test
 
 compose-check:
 	docker-compose -f docker-compose.yml config -q
+
+# Refresh the vendored Swagger UI behind /docs (needs npm): make swagger-ui VERSION=5.x.y
+swagger-ui:
+	scripts/vendor-swagger-ui $(VERSION)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis sagakit.db* out

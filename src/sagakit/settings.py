@@ -6,7 +6,7 @@ import os
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BROKER = "memory://localhost/"
@@ -28,7 +28,11 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     """Redis for the saga event stream (optional)."""
     api_token: str | None = None
-    """Bearer token required by mutating HTTP routes when set."""
+    """Bearer token required by every /api route when set (the only one that allows writes)."""
+    api_read_token: str | None = None
+    """Bearer token that allows the /api routes' reads (GET) but no writes; needs api_token."""
+    api_protect_system: bool = False
+    """Require a token (either one) on /healthz and /metrics too, when api_token is set."""
     imports: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["examples.slam"])
     """Modules holding saga definitions and step tasks (comma separated)."""
     events_stream: str = "sagakit:events"
@@ -63,6 +67,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _read_token_beside_the_api_token(self) -> Settings:
+        if self.api_read_token and not self.api_token:
+            raise ValueError(
+                "SAGAKIT_API_READ_TOKEN is set but SAGAKIT_API_TOKEN is not: reads would be "
+                "protected and writes open; set SAGAKIT_API_TOKEN too"
+            )
+        if self.api_read_token and self.api_read_token == self.api_token:
+            raise ValueError("SAGAKIT_API_READ_TOKEN must differ from SAGAKIT_API_TOKEN")
+        return self
 
     @property
     def embedded(self) -> bool:

@@ -17,7 +17,24 @@ from ..core.errors import (
     UnknownSagaType,
 )
 
+
+class AuthError(SagaError):
+    """The request's bearer token does not allow it."""
+
+    field = "header.Authorization"
+
+
+class Unauthorized(AuthError):
+    """No bearer token, or one that is neither the API token nor the read token."""
+
+
+class Forbidden(AuthError):
+    """A valid token that does not allow this request (the read token on a write)."""
+
+
 HTTP_STATUS: dict[type[SagaError], int] = {
+    Unauthorized: 401,
+    Forbidden: 403,
     SagaNotFound: 404,
     UnknownSagaType: 422,
     InvalidInput: 422,
@@ -44,11 +61,14 @@ def install(app: FastAPI) -> None:
     async def saga_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, SagaError)
         body: dict[str, object] = {"detail": str(exc)}
-        if isinstance(exc, InvalidInput):
+        headers = {}
+        if isinstance(exc, InvalidInput | AuthError):
             body["field"] = exc.field
         elif isinstance(exc, UnknownSagaType):
             body["field"] = "type"
-        return JSONResponse(body, status_code=status_for(exc))
+        if isinstance(exc, Unauthorized):
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse(body, status_code=status_for(exc), headers=headers)
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

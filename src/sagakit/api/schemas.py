@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import logging
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.openapi.models import Example
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    RootModel,
+    TypeAdapter,
+    create_model,
+)
 
+from ..core.definition import Saga
 from ..core.state import SagaStatus
+
+logger = logging.getLogger(__name__)
 
 Status = SagaStatus
 """A saga's status word."""
@@ -20,6 +34,130 @@ class StartSaga(BaseModel):
     input: dict[str, Any] = Field(
         default_factory=dict, examples=[{"robots": 3, "area": "warehouse"}]
     )
+
+
+def start_body(sagas: Mapping[str, Saga]) -> Any:
+    """The body of ``POST /api/sagas``: parsed as `StartSaga`, documented per saga type.
+
+    The engine validates `input` against the type's input model, and names a bad field the
+    way the CLI shows it too (``input.robots``), so the body is only parsed here as a type
+    and a JSON object. What the OpenAPI document shows is a union discriminated on `type`:
+    one member per registered saga type, each with that type's input model (any JSON object
+    for a type without one).
+    """
+    members = [_start_member(name, saga) for name, saga in sagas.items()]
+    if not members:
+        return StartSaga
+    if len(members) == 1:  # one saga type: its own model, with its own description
+        return Annotated[
+            StartSaga, BeforeValidator(lambda value: value, json_schema_input_type=members[0])
+        ]
+    documented = Annotated[Union[tuple(members)], Field(discriminator="type")]  # noqa: UP007
+    root = create_model(
+        "StartSaga",
+        __base__=RootModel[documented],
+        __doc__="Start a saga: `type` picks the saga, `input` is checked against its model.",
+    )
+    return Annotated[StartSaga, BeforeValidator(lambda value: value, json_schema_input_type=root)]
+
+
+def start_examples(sagas: Mapping[str, Saga]) -> dict[str, Example]:
+    """One request example per saga type (the docs' "Try it out" starts with the first).
+
+    A type is left out when no input its model accepts can be found.
+    """
+    examples: dict[str, Example] = {}
+    for name, saga in sagas.items():
+        model = _documented_model(name, saga.input_model)
+        example = {} if model is None else _example_input(model)
+        if example is not None:
+            examples[name] = Example(
+                summary=name,
+                description=saga.description,
+                value={"type": name, "input": example},
+            )
+    return examples
+
+
+def _start_member(name: str, saga: Saga) -> type[BaseModel]:
+    """The documented body that starts a saga of type `name`."""
+    model = _documented_model(name, saga.input_model)
+    if model is None:
+        input_type: Any = dict[str, Any]
+        input_field: Any = Field(
+            default_factory=dict, description=f"Input of `{name}` sagas: any JSON object."
+        )
+    else:
+        input_type = model
+        described = f"Input of `{name}` sagas ({model.__name__})."
+        if any(field.is_required() for field in model.model_fields.values()):
+            input_field = Field(description=described)
+        else:
+            input_field = Field(default_factory=dict, description=described)
+    tag: Any = Literal[name]  # a type made at run time, one per registered saga type
+    member: type[BaseModel] = create_model(
+        "Start" + "".join(part.capitalize() for part in name.split("_")),
+        __config__=ConfigDict(extra="forbid", title=f"start {name}"),
+        __doc__=saga.description or f"Start a `{name}` saga.",
+        type=(tag, Field(description="The saga type.")),
+        input=(input_type, input_field),
+    )
+    return member
+
+
+def _documented_model(name: str, input_model: Any) -> type[BaseModel] | None:
+    """`input_model` if the document can show it (a pydantic model with a JSON schema)."""
+    if not (isinstance(input_model, type) and issubclass(input_model, BaseModel)):
+        return None
+    try:
+        TypeAdapter(input_model).json_schema()
+    except Exception as exc:  # the model still validates; only its schema cannot be shown
+        logger.warning(
+            "saga input model has no JSON schema",
+            extra={"saga_type": name, "error": f"{type(exc).__name__}: {exc}"},
+        )
+        return None
+    return input_model
+
+
+def _example_input(model: type[BaseModel]) -> dict[str, Any] | None:
+    """An input the model accepts, for the docs' "Try it out": its own example, if it has
+    one, or else its required fields filled from their schemas; None if neither validates.
+    """
+    schema = model.model_json_schema()
+    required = set(schema.get("required", ()))
+    candidates = [example for example in schema.get("examples", ()) if isinstance(example, dict)]
+    candidates.append(
+        {
+            field: _sample(prop)
+            for field, prop in schema.get("properties", {}).items()
+            if field in required
+        }
+    )
+    for candidate in candidates:
+        try:
+            model.model_validate(candidate)
+        except Exception:  # not an example after all; the next candidate may be
+            continue
+        return candidate
+    return None
+
+
+def _sample(prop: dict[str, Any]) -> Any:
+    """A plausible value of a JSON schema property (checked by the model afterwards)."""
+    if prop.get("examples"):
+        return prop["examples"][0]
+    for key in ("default", "const"):
+        if key in prop:
+            return prop[key]
+    if prop.get("enum"):
+        return prop["enum"][0]
+    kind = prop.get("type")
+    if kind in ("integer", "number"):
+        return prop.get("minimum", prop.get("exclusiveMinimum", -1) + 1)
+    if kind == "string":
+        return "example".ljust(prop.get("minLength", 0), "x")[: prop.get("maxLength")]
+    return {"boolean": False, "array": [], "object": {}}.get(str(kind))
 
 
 class Started(BaseModel):

@@ -1,17 +1,23 @@
-"""/api/sagas: start, list, read, cancel and retry sagas."""
+"""/api/sagas: start, list, read, cancel and retry sagas.
+
+The bearer token is checked at router level: the app factory adds `deps.require_token` to
+these routers when ``SAGAKIT_API_TOKEN`` is set.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Body, Header, Path, Query, Response
+from pydantic import WithJsonSchema
 
-from ...core.definition import NAME_PATTERN
+from ...core.definition import NAME_PATTERN, Saga
 from ...core.errors import InvalidInput
 from ...core.inputs import SAGA_ID
 from ...queries import summary_view
-from ..deps import SystemDep, require_token
+from ..deps import SystemDep
 from ..schemas import (
     CancelRequest,
     Problem,
@@ -21,6 +27,8 @@ from ..schemas import (
     Started,
     StartSaga,
     Status,
+    start_body,
+    start_examples,
 )
 
 router = APIRouter(prefix="/api/sagas", tags=["sagas"])
@@ -31,12 +39,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 MUTATING: dict[int | str, dict[str, Any]] = {
     **ERRORS,
-    401: {"model": Problem, "description": "Bearer token missing or wrong."},
     409: {"model": Problem, "description": "The saga's status does not allow it."},
 }
-WITH_BODY: dict[int | str, dict[str, Any]] = {
-    **MUTATING,
+UNREADABLE: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "The body could not be read (e.g. not UTF-8)."},
+}
+WITH_BODY: dict[int | str, dict[str, Any]] = {**MUTATING, **UNREADABLE}
+STARTING: dict[int | str, dict[str, Any]] = {
+    422: {"model": Problem, "description": "Invalid input or unknown type: `field` says which."},
+    **UNREADABLE,
 }
 
 
@@ -56,26 +67,44 @@ def _started(saga_id: str, created: bool, status: str) -> Started:
     return Started(id=saga_id, url=url, events_url=f"{url}/events", created=created, status=status)
 
 
-@router.post(
-    "",
-    status_code=202,
-    response_model=Started,
-    responses=WITH_BODY,
-    dependencies=[Depends(require_token)],
-)
-def start_saga(
-    body: StartSaga,
-    system: SystemDep,
-    response: Response,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
-    ] = None,
-) -> Started:
-    """Start a saga; the same Idempotency-Key twice returns the same saga."""
-    result = system.engine.start(body.type, body.input, idempotency_key=idempotency_key)
-    record = system.queries.get(result.saga_id)
-    response.headers["Location"] = f"/api/sagas/{result.saga_id}"
-    return _started(result.saga_id, result.created, record.status)
+def start_router(saga_types: Mapping[str, Saga]) -> APIRouter:
+    """``POST /api/sagas``, its body documented with the input model of every saga type."""
+    start = APIRouter(prefix="/api/sagas", tags=["sagas"])
+
+    def start_saga(
+        body: StartSaga,
+        system: SystemDep,
+        response: Response,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                min_length=1,
+                max_length=200,
+                description="Send the same key again to get the first saga back.",
+            ),
+            WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200}),
+        ] = None,
+    ) -> Started:
+        """Start a saga; the same Idempotency-Key twice returns the same saga."""
+        result = system.engine.start(body.type, body.input, idempotency_key=idempotency_key)
+        record = system.queries.get(result.saga_id)
+        response.headers["Location"] = f"/api/sagas/{result.saga_id}"
+        return _started(result.saga_id, result.created, record.status)
+
+    # Parsed as StartSaga; documented with this app's saga types (see schemas.start_body).
+    start_saga.__annotations__["body"] = Annotated[
+        start_body(saga_types), Body(openapi_examples=start_examples(saga_types))
+    ]
+    start.add_api_route(
+        "",
+        start_saga,
+        methods=["POST"],
+        status_code=202,
+        response_model=Started,
+        responses=STARTING,
+    )
+    return start
 
 
 @router.get("", response_model=SagaPage, responses=ERRORS)
@@ -121,7 +150,6 @@ def get_saga(saga_id: SagaId, system: SystemDep) -> SagaDetail:
     "/{saga_id}/cancel",
     response_model=SagaSummary,
     responses=WITH_BODY,
-    dependencies=[Depends(require_token)],
 )
 def cancel_saga(
     saga_id: SagaId, system: SystemDep, body: Annotated[CancelRequest | None, Body()] = None
@@ -136,7 +164,6 @@ def cancel_saga(
     "/{saga_id}/retry",
     response_model=SagaSummary,
     responses=MUTATING,
-    dependencies=[Depends(require_token)],
 )
 def retry_saga(saga_id: SagaId, system: SystemDep) -> SagaSummary:
     """Resume a failed saga where it stopped."""
