@@ -21,6 +21,7 @@ def test_public_names_are_a_snapshot() -> None:
             "NonRetryableError",
             "Parallel",
             "RetryPolicy",
+            "RetryableError",
             "Saga",
             "SagaError",
             "SagaNotFound",

@@ -7,6 +7,7 @@
   x InvalidTransition      - an operation the saga's status does not allow
   x InvalidInput           - input rejected at the boundary (which field, why)
 * NonRetryableError        - raised by step code: fail now, skip remaining attempts
+* RetryableError           - raised by step code: an expected, transient failure; try again
 """
 
 from __future__ import annotations
@@ -69,4 +70,15 @@ class NonRetryableError(Exception):
 
     It does not derive from SagaError: it is the step author's signal, not sagakit's failure.
     Any other exception raised by step code counts as a retryable failure.
+    """
+
+
+class RetryableError(Exception):
+    """Raised by step code for an expected, transient failure: try the step again later.
+
+    It is retried by the step's retry policy and logged as one warning line without a
+    traceback. Like `NonRetryableError`, it does not derive from SagaError: it is the step
+    author's signal. Any exception other than `NonRetryableError` is retried; raise this one
+    when the failure is foreseen (a resource is busy, a precondition does not hold yet), so
+    that it does not read as a bug.
     """
