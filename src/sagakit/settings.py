@@ -6,7 +6,7 @@ import os
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from pydantic import Field, field_validator
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BROKER = "memory://localhost/"
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     """Redis for the saga event stream (optional)."""
     api_token: str | None = None
     """Bearer token required by mutating HTTP routes when set."""
-    imports: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["examples.slam"])
+    imports: Annotated[list[str], NoDecode] = ["sagakit_examples.slam"]
     """Modules holding saga definitions and step tasks (comma separated)."""
     events_stream: str = "sagakit:events"
     events_maxlen: int = 100_000

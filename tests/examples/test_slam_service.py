@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from examples.slam import db, fleet
-from examples.slam.faults import Faults
-from examples.slam.saga import UNDO_RETRY, MissionInput
 from sagakit import InvalidInput, NonRetryableError, Settings, StepContext, System
 from sagakit.idempotency import once
 from sagakit.store.records import SagaRecord
+from sagakit_examples.slam import db, fleet
+from sagakit_examples.slam.faults import Faults
+from sagakit_examples.slam.saga import UNDO_RETRY, MissionInput
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FORWARD = ("allocate_robots", "plan_routes", "explore[0]", "explore[1]", "explore[2]")
@@ -56,7 +56,7 @@ def _system(
     monkeypatch.setenv("SLAM_DATABASE_URL", url)
     monkeypatch.setenv("SLAM_OUTPUT_DIR", str(tmp_path / "maps"))
     monkeypatch.setenv("SLAM_FLEET_SIZE", str(fleet_size))
-    return System(Settings(database_url=url, imports=["examples.slam"], sweep_interval=0.2))
+    return System(Settings(database_url=url, imports=["sagakit_examples.slam"], sweep_interval=0.2))
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 from PIL import Image
 
-from examples.slam.mapping import MapQuality, assess, fuse, render_png
-from examples.slam.planning import Sector, coverage_path, split_sectors
-from examples.slam.sensing import (
+from sagakit_examples.slam.mapping import MapQuality, assess, fuse, render_png
+from sagakit_examples.slam.planning import Sector, coverage_path, split_sectors
+from sagakit_examples.slam.sensing import (
     L_FREE,
     L_MAX,
     L_OCC,
@@ -28,7 +28,7 @@ from examples.slam.sensing import (
     integrate_scan,
     scan,
 )
-from examples.slam.world import World, generate_world
+from sagakit_examples.slam.world import World, generate_world
 
 
 def boxed_world(width: int, height: int, name: str = "box") -> World:

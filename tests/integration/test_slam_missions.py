@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from examples.slam import db, fleet
 from sagakit import Engine, Settings, System
+from sagakit_examples.slam import db, fleet
 from tests.integration.conftest import worker_env
 from tests.support.cluster import Cluster
 from tests.support.history import assert_compensated_in_reverse, steps_with
@@ -30,7 +30,7 @@ def slam_cluster(
     pg_url = slam_db_url
     env = {
         **worker_env(pg_url, redis_url),
-        "SAGAKIT_IMPORTS": "examples.slam",
+        "SAGAKIT_IMPORTS": "sagakit_examples.slam",
         "SLAM_DATABASE_URL": pg_url,
         "SLAM_FLEET_SIZE": "8",
         "SLAM_OUTPUT_DIR": str(tmp_path_factory.mktemp("maps")),
@@ -51,7 +51,7 @@ def engine(slam_cluster: Cluster) -> Iterator[Engine]:
         Settings(
             database_url=env["SAGAKIT_DATABASE_URL"],
             broker_url=env["SAGAKIT_BROKER_URL"],
-            imports=["examples.slam"],
+            imports=["sagakit_examples.slam"],
         )
     )
     yield system.engine

@@ -27,7 +27,7 @@ def embedded_settings(database_url: str, **overrides: Any) -> Settings:
         "database_url": database_url,
         "broker_url": EMBEDDED_BROKER,
         "redis_url": None,
-        "imports": ["examples.slam"],
+        "imports": ["sagakit_examples.slam"],
         "sweep_interval": 0.2,
         "sse_max_seconds": 30,
         **overrides,

@@ -108,7 +108,7 @@ def test_bench_runs_sagas_and_reports_percentiles(env: dict[str, str]) -> None:
     ],
 )
 def test_bad_mission_input_is_one_line(env: dict[str, str], args: list[str], message: str) -> None:
-    result = sagakit({**env, "SAGAKIT_IMPORTS": "examples.slam"}, "run", "slam", *args)
+    result = sagakit({**env, "SAGAKIT_IMPORTS": "sagakit_examples.slam"}, "run", "slam", *args)
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -396,7 +396,7 @@ def test_worker_queues_are_saga_queues(config: dict[str, Any]) -> None:
     from sagakit.registry import discover
     from sagakit.runtime.app import SAGAKIT_QUEUE
 
-    sagas = discover(["examples.slam", "sagakit.bench"])
+    sagas = discover(["sagakit_examples.slam", "sagakit.bench"])
     step_queues = set().union(*(saga.queues for saga in sagas.values()))
     served: set[str] = set()
     services = config["services"]
@@ -421,7 +421,7 @@ def test_app_services_share_one_environment(distinct_config: dict[str, Any]) -> 
     services = distinct_config["services"]
     envs = [_environment(services[name]) for name in sorted(APP_SERVICES)]
     assert all(env == envs[0] for env in envs)
-    assert envs[0]["SAGAKIT_IMPORTS"] == "examples.slam"
+    assert envs[0]["SAGAKIT_IMPORTS"] == "sagakit_examples.slam"
 
 
 def test_compose_environment_configures_postgres_and_redis(
@@ -453,7 +453,7 @@ def test_compose_environment_configures_postgres_and_redis(
         assert parts.password == requirepass
 
     assert settings.api_token == DISTINCT_ENV["SAGAKIT_API_TOKEN"]
-    assert settings.imports == ["examples.slam"]
+    assert settings.imports == ["sagakit_examples.slam"]
     assert settings.flower_user == DISTINCT_ENV["SAGAKIT_FLOWER_USER"]
     assert settings.flower_password == DISTINCT_ENV["SAGAKIT_FLOWER_PASSWORD"]
     flower = _command(services["flower"])
@@ -531,7 +531,10 @@ def test_dockerfile_installs_from_project_metadata() -> None:
     copies = " ".join(args for keyword, args in instructions if keyword == "COPY")
     runs = [args for keyword, args in instructions if keyword == "RUN"]
     assert "pyproject.toml" in copies
-    assert "examples" in copies
+    # The SLAM example is installed with sagakit, from the wheel: nothing is run from /app.
+    assert "examples" not in copies
+    envs = " ".join(args for keyword, args in instructions if keyword == "ENV")
+    assert "PYTHONPATH" not in envs
     installs = [run for run in runs if "pip install" in run]
     assert installs
     assert any(re.search(r"pip install[^&;]*\s['\"]?\.(\[api\])?['\"]?(\s|$)", run) for run in runs)

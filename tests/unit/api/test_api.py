@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from examples.slam import db as slam_db
+from sagakit_examples.slam import db as slam_db
 from tests.support.api_app import TestClient, running_client
 
 SETTLED = ("completed", "compensated", "failed")

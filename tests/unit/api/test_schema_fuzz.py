@@ -27,9 +27,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from examples.slam import db as slam_db
 from sagakit import System
 from sagakit.api import create_app
+from sagakit_examples.slam import db as slam_db
 from tests.support.api_app import TestClient, embedded_settings, running_client
 
 SETTLED = ("completed", "compensated", "failed")

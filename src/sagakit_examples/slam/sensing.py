@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from examples.slam.world import World
+from .world import World
 
 L_OCC = 0.85
 L_FREE = -0.4

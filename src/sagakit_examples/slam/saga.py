@@ -19,9 +19,10 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from examples.slam.faults import Faults, lift_top_level
-from examples.slam.planning import MIN_STRIP_WIDTH
 from sagakit import RetryPolicy, Saga, Step, StepKind
+
+from .faults import Faults, lift_top_level
+from .planning import MIN_STRIP_WIDTH
 
 STEP_RETRY = RetryPolicy(max_attempts=3, initial_interval=0.2, backoff=2.0, max_interval=2.0)
 UNDO_RETRY = RetryPolicy(max_attempts=5, initial_interval=0.2, backoff=2.0, max_interval=2.0)

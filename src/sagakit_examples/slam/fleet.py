@@ -13,8 +13,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from examples.slam.db import allocations, robots, utcnow
 from sagakit import NonRetryableError
+
+from .db import allocations, robots, utcnow
 
 FOREVER = datetime.max.replace(tzinfo=UTC)
 

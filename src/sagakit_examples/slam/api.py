@@ -6,7 +6,7 @@ from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from examples.slam import db, fleet
+from . import db, fleet
 
 
 class Robot(BaseModel):

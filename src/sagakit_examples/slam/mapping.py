@@ -10,8 +10,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
-from examples.slam.sensing import L_MAX, L_MIN
-from examples.slam.world import World
+from .sensing import L_MAX, L_MIN
+from .world import World
 
 OCCUPIED_THRESHOLD = 0.2
 FREE_THRESHOLD = -0.2

@@ -1,8 +1,8 @@
 """The mission's step tasks: each service's own named Celery tasks.
 
-Tasks are thin: the robot service's logic lives in `examples.slam.fleet`, the simulation in
+Tasks are thin: the robot service's logic lives in `fleet`, the simulation in
 `world`, `planning`, `sensing` and `mapping`, and every task's local transaction goes through
-`examples.slam.service.commit` (exactly once per step key, faults injected before the commit).
+`service.commit` (exactly once per step key, faults injected before the commit).
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from examples.slam import fleet
-from examples.slam.db import get_engine, maps, plans, scans, utcnow
-from examples.slam.faults import branch_of
-from examples.slam.mapping import FREE_THRESHOLD, OCCUPIED_THRESHOLD, assess, fuse, render_png
-from examples.slam.planning import coverage_path, split_sectors
-from examples.slam.sensing import decode_grid, encode_grid, explore_sector
-from examples.slam.service import (
+from sagakit import NonRetryableError, StepContext, saga_task
+
+from . import fleet
+from .db import get_engine, maps, plans, scans, utcnow
+from .faults import branch_of
+from .mapping import FREE_THRESHOLD, OCCUPIED_THRESHOLD, assess, fuse, render_png
+from .planning import coverage_path, split_sectors
+from .sensing import decode_grid, encode_grid, explore_sector
+from .service import (
     commit,
     load_plan,
     map_path,
@@ -28,7 +30,6 @@ from examples.slam.service import (
     world_of,
     write_map,
 )
-from sagakit import NonRetryableError, StepContext, saga_task
 
 logger = logging.getLogger(__name__)
 

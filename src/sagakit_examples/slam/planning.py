@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from examples.slam.world import World
+from .world import World
 
 MIN_ROBOTS = 1
 MAX_ROBOTS = 16

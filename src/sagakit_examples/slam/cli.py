@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from examples.slam import db, fleet
+from . import db, fleet
 
 
 def register_cli(app: typer.Typer) -> None:

@@ -2,7 +2,7 @@
 
 Every action and compensation is one local transaction in the services' database, made
 exactly-once by `sagakit.idempotency.once` on the saga's step key. Injected faults (see
-`examples.slam.faults`) fire inside that transaction, after the work and before the commit,
+`sagakit_examples.slam.faults`) fire inside that transaction, after the work and before the commit,
 so a failed attempt leaves nothing behind. A compensation also *fences* its action: it
 records the action's key, so an action attempt that timed out and arrives late does nothing.
 """
@@ -16,11 +16,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from examples.slam.db import get_engine, maps, plans
-from examples.slam.saga import MissionInput
-from examples.slam.world import World, generate_world
 from sagakit import NonRetryableError, StepContext
 from sagakit.idempotency import once
+
+from .db import get_engine, maps, plans
+from .saga import MissionInput
+from .world import World, generate_world
 
 FENCED = {"fenced": True}
 """Result recorded under an action's key by a compensation that ran before the action."""
