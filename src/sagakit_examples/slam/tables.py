@@ -1,44 +1,69 @@
-"""The SLAM services' own tables (SQLAlchemy Core) and a per-process engine cache.
+"""The SLAM services' own tables (SQLAlchemy Core): one `MetaData` per service.
 
-The services keep their state apart from the saga log: the robot fleet and its allocation log,
-route plans, local scans and finished maps. ``SLAM_DATABASE_URL`` names the database; without
-it the services share the saga log's database (``SAGAKIT_DATABASE_URL``).
+Each service creates only its own tables, in its own database (see `settings`): the robot
+fleet, its allocations and the missions waiting for robots (robots); route plans (planning);
+local scans (exploration); finished maps (mapping). Nothing here refers to another
+service's table: what crosses services travels in step outputs.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 
-from sagakit import load_settings
-from sagakit.idempotency import ensure_table
-from sagakit.store import UTCDateTime, make_engine, upgrade
-from sagakit.store.sql import normalise_url
+from .settings import Service
 
-logger = logging.getLogger(__name__)
 
-FLEET_SIZE = 8
-_LOCK_ID = 0x51A3_0001
-"""PostgreSQL advisory lock held while a process creates the schema and seeds the fleet."""
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every dialect (SQLite stores them naive)."""
 
-metadata = sa.MetaData()
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
 
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> Any:
+        """Store UTC; naive on SQLite, which keeps no zone."""
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> Any:
+        """Return an aware UTC datetime."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+# --- robots ---------------------------------------------------------------------------------
+
+robots_metadata = sa.MetaData()
+
+ROBOT_STATES = ("active", "retiring", "retired")
+"""``retiring``: retired by an operator while a mission held it; retired on its release."""
 
 robots = sa.Table(
     "slam_robots",
-    metadata,
+    robots_metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("name", sa.String(32), nullable=False, unique=True),
     sa.Column("held_by", sa.String(64), nullable=True, index=True),
+    sa.Column("state", sa.String(16), nullable=False, server_default="active"),
+    sa.Column("added_at", UTCDateTime, nullable=False),
+    sa.Column("retired_at", UTCDateTime, nullable=True),
+    sa.CheckConstraint("state IN ('active', 'retiring', 'retired')", name="ck_slam_robots_state"),
+    sa.CheckConstraint("state <> 'retired' OR held_by IS NULL", name="ck_slam_robots_retired_free"),
 )
 
 allocations = sa.Table(
     "slam_allocations",
-    metadata,
+    robots_metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("robot_id", sa.Integer, sa.ForeignKey("slam_robots.id"), nullable=False),
     sa.Column("saga_id", sa.String(64), nullable=False, index=True),
@@ -54,34 +79,55 @@ sa.Index(
     postgresql_where=allocations.c.released_at.is_(None),
 )
 
+waits = sa.Table(
+    "slam_robot_waits",
+    robots_metadata,
+    sa.Column("saga_id", sa.String(64), primary_key=True),
+    sa.Column("robots", sa.Integer, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+)
+"""When a mission that may wait for robots first asked for them (one row per saga)."""
+
+# --- planning -------------------------------------------------------------------------------
+
+planning_metadata = sa.MetaData()
+
 plans = sa.Table(
     "slam_plans",
-    metadata,
+    planning_metadata,
     sa.Column("saga_id", sa.String(64), primary_key=True),
     sa.Column("robots", sa.JSON, nullable=False),
     sa.Column("sectors", sa.JSON, nullable=False),
-    sa.Column("paths", sa.JSON, nullable=False),
+    sa.Column("routes", sa.JSON, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
+# --- exploration ----------------------------------------------------------------------------
+
+exploration_metadata = sa.MetaData()
+
 scans = sa.Table(
     "slam_scans",
-    metadata,
+    exploration_metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("saga_id", sa.String(64), nullable=False),
-    sa.Column("robot_id", sa.Integer, nullable=False),
+    sa.Column("robot", sa.String(32), nullable=False),
     sa.Column("branch", sa.Integer, nullable=False),
     sa.Column("grid", sa.LargeBinary, nullable=True),
-    sa.Column("waypoints_done", sa.Integer, nullable=False),
+    sa.Column("cells_driven", sa.Integer, nullable=False),
     sa.Column("known_cells", sa.Integer, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("saga_id", "branch", name="uq_slam_scans_saga_branch"),
 )
 
+# --- mapping --------------------------------------------------------------------------------
+
+mapping_metadata = sa.MetaData()
+
 maps = sa.Table(
     "slam_maps",
-    metadata,
+    mapping_metadata,
     sa.Column("saga_id", sa.String(64), primary_key=True),
     sa.Column("png", sa.LargeBinary, nullable=False),
     sa.Column("coverage", sa.Float, nullable=False),
@@ -90,84 +136,10 @@ maps = sa.Table(
     sa.Column("stored_at", UTCDateTime, nullable=False),
 )
 
-_engines: dict[str, sa.Engine] = {}
-_lock = threading.Lock()
-
-
-def utcnow() -> datetime:
-    """Return the current time, timezone-aware UTC."""
-    return datetime.now(UTC)
-
-
-def database_url() -> str:
-    """Return the services' database URL: ``SLAM_DATABASE_URL`` or the saga log's."""
-    return normalise_url(os.environ.get("SLAM_DATABASE_URL") or load_settings().database_url)
-
-
-def get_engine(url: str | None = None) -> sa.Engine:
-    """Return this process's engine for `url` (default `database_url()`), schema ensured."""
-    url = normalise_url(url or database_url())
-    with _lock:
-        engine = _engines.get(url)
-        if engine is None:
-            engine = make_engine(url)
-            ensure_schema(engine)
-            _engines[url] = engine
-        return engine
-
-
-def dispose_engines() -> None:
-    """Close and forget every cached engine (tests, forked processes)."""
-    with _lock:
-        for engine in _engines.values():
-            engine.dispose()
-        _engines.clear()
-
-
-def fleet_size() -> int:
-    """Number of robots seeded into an empty fleet (``SLAM_FLEET_SIZE``, default 8)."""
-    size = int(os.environ.get("SLAM_FLEET_SIZE", str(FLEET_SIZE)))
-    if not 1 <= size <= 999:
-        raise ValueError(f"SLAM_FLEET_SIZE must be between 1 and 999, got {size}")
-    return size
-
-
-def ensure_schema(engine: sa.Engine) -> None:
-    """Create the tables and the idempotency table, and seed an empty fleet.
-
-    Idempotent, and safe when several processes call it at once (a PostgreSQL advisory lock
-    serialises them; on SQLite every write transaction holds the database's write lock).
-    """
-    postgres = engine.dialect.name == "postgresql"
-    with engine.connect() as lock:
-        if postgres:
-            lock.execute(sa.text("SELECT pg_advisory_lock(:id)"), {"id": _LOCK_ID})
-            lock.commit()
-        try:
-            _ensure_idempotency_table(engine)
-            with engine.begin() as conn:
-                metadata.create_all(conn, checkfirst=True)
-                if conn.execute(sa.select(sa.func.count()).select_from(robots)).scalar_one():
-                    return
-                size = fleet_size()
-                conn.execute(
-                    robots.insert(),
-                    [
-                        {"id": number, "name": f"scout-{number:02d}", "held_by": None}
-                        for number in range(1, size + 1)
-                    ],
-                )
-                logger.info("seeded a fleet of %d robots", size)
-        finally:
-            if postgres:
-                lock.execute(sa.text("SELECT pg_advisory_unlock(:id)"), {"id": _LOCK_ID})
-                lock.commit()
-
-
-def _ensure_idempotency_table(engine: sa.Engine) -> None:
-    # When the services share the saga log's database, the saga log's migration owns the
-    # idempotency table: creating it here first would make that migration fail later.
-    if engine.url == sa.make_url(normalise_url(load_settings().database_url)):
-        upgrade(engine)
-    else:
-        ensure_table(engine)
+SCHEMAS: dict[Service, sa.MetaData] = {
+    Service.ROBOTS: robots_metadata,
+    Service.PLANNING: planning_metadata,
+    Service.EXPLORATION: exploration_metadata,
+    Service.MAPPING: mapping_metadata,
+}
+"""Each service's tables."""

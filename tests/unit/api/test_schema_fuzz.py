@@ -29,7 +29,6 @@ from schemathesis.specs.openapi.checks import (
 
 from sagakit import System
 from sagakit.api import create_app
-from sagakit_examples.slam import db as slam_db
 from tests.support.api_app import TestClient, embedded_settings, running_client
 
 SETTLED = ("completed", "compensated", "failed")
@@ -51,7 +50,6 @@ schema = schemathesis.openapi.from_dict(SPEC)
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     yield from running_client(tmp_path_factory.mktemp("fuzz"), sse_max_seconds=10)
-    slam_db.dispose_engines()
 
 
 def send(client: TestClient, case: schemathesis.Case) -> Any:
