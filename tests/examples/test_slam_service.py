@@ -197,6 +197,8 @@ def test_an_operator_retry_finishes_the_compensation(mission: Mission) -> None:
         ({"area": "bad area!"}, "input.area"),
         ({"area": ""}, "input.area"),
         ({"colour": "red"}, "input.colour"),
+        ({"robot_wait": -1}, "input.robot_wait"),
+        ({"robot_wait": 601}, "input.robot_wait"),
         ({"faults": {"fail_at": "explore[3]"}}, "input"),
     ],
 )

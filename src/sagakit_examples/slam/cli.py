@@ -53,11 +53,12 @@ def register_cli(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
         with _robots_db() as engine:
-            listed = fleet.list_fleet(engine, include_retired=everyone)
+            listed = fleet.list_fleet(engine, include_retired=True)
+        shown = listed if everyone else [r for r in listed if r["state"] != "retired"]
         if as_json:
-            typer.echo(json.dumps(listed))
+            typer.echo(json.dumps(shown))
             return
-        _print_fleet(listed)
+        _print_fleet(shown, retired=len(listed) - len(shown))
 
     @robots.command()
     def add(
@@ -89,10 +90,13 @@ def register_cli(app: typer.Typer) -> None:
     app.add_typer(robots, name="robots")
 
 
-def _print_fleet(listed: list[dict[str, Any]]) -> None:
+def _print_fleet(listed: list[dict[str, Any]], retired: int) -> None:
     active = [r for r in listed if r["state"] in ("free", "in_use")]
     free = sum(r["state"] == "free" for r in active)
-    table = Table(title=f"fleet: {free} of {len(active)} free", title_justify="left")
+    title = f"fleet: {free} of {len(active)} free"
+    if retired:
+        title += f" ({retired} retired, not shown: --all)"
+    table = Table()
     for column in ("id", "name", "state", "held by"):
         table.add_column(column)
     for robot in listed:
@@ -103,4 +107,6 @@ def _print_fleet(listed: list[dict[str, Any]]) -> None:
             f"[{STYLES[state]}]{state.replace('_', ' ')}[/]",
             robot["held_by"] or "-",
         )
-    Console(highlight=False).print(table)
+    console = Console(highlight=False)
+    console.print(title, soft_wrap=True)
+    console.print(table)
