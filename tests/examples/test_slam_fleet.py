@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from sagakit import NonRetryableError, RetryableError
 from sagakit_examples.slam import databases, fleet, register_api, register_cli
-from sagakit_examples.slam.settings import Service
+from sagakit_examples.slam.databases import Databases
+from sagakit_examples.slam.settings import Service, SlamSettings
 from sagakit_examples.slam.tables import utcnow, waits
 from tests.support.api_app import TestClient
 from tests.support.cluster import wait_for
@@ -93,6 +94,22 @@ def test_retiring_an_unknown_robot_changes_nothing(robots_db: sa.Engine) -> None
     with pytest.raises(fleet.UnknownRobots, match="'scout-99'"), robots_db.begin() as conn:
         fleet.retire(conn, ["scout-01", "scout-99"])
     assert set(states(robots_db).values()) == {"free"}
+
+
+@pytest.mark.postgres
+def test_allocation_reserves_exactly_what_was_asked_on_postgresql(
+    pg_databases: Callable[[], str],
+) -> None:
+    services = Databases(SlamSettings(robots_database_url=pg_databases(), fleet_size=8))
+    engine = services.engine(Service.ROBOTS)
+    try:
+        assert hold(engine, "s-two", 2) == [1, 2]
+        assert hold(engine, "s-three", 3) == [3, 4, 5]
+        with pytest.raises(fleet.NotEnoughRobots, match="4 requested, 3 of 8 free"):
+            hold(engine, "s-four", 4)
+        assert [len(fleet.held_by(engine, s)) for s in ("s-two", "s-three", "s-four")] == [2, 3, 0]
+    finally:
+        services.dispose()
 
 
 # -- waiting ------------------------------------------------------------------------------

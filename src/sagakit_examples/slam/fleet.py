@@ -89,13 +89,19 @@ def allocate(
             (PostgreSQL only).
     """
     now = now or utcnow()
+    # Lock the candidates first, then update exactly those: inside ``UPDATE ... WHERE id IN
+    # (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`` PostgreSQL may run the subquery once per
+    # row it scans, and so update more than n robots.
     candidates = (
-        sa.select(robots.c.id)
-        .where(robots.c.held_by.is_(None), robots.c.state == "active")
-        .order_by(robots.c.id)
-        .limit(count)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
+        conn.execute(
+            sa.select(robots.c.id)
+            .where(robots.c.held_by.is_(None), robots.c.state == "active")
+            .order_by(robots.c.id)
+            .limit(count)
+            .with_for_update(skip_locked=True)
+        )
+        .scalars()
+        .all()
     )
     taken = conn.execute(
         sa.update(robots)
