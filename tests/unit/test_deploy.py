@@ -53,6 +53,11 @@ DISTINCT_ENV = {
     "SAGAKIT_BIND": "0.0.0.0",
     "SAGAKIT_LOG_LEVEL": "DEBUG",
     "SAGAKIT_LOG_FORMAT": "json",
+    "SLAM_FLEET_SIZE": "12",
+    "SLAM_ROBOTS_DATABASE_URL": "postgresql+psycopg://u:p@robots-db:5432/robots",
+    "SLAM_PLANNING_DATABASE_URL": "postgresql+psycopg://u:p@db:5432/planning",
+    "SLAM_EXPLORATION_DATABASE_URL": "postgresql+psycopg://u:p@db:5432/exploration",
+    "SLAM_MAPPING_DATABASE_URL": "postgresql+psycopg://u:p@db:5432/mapping",
 }
 PLACEHOLDER = re.compile(r"^$|change-?me|placeholder|example|<[^>]*>", re.IGNORECASE)
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|_KEY$", re.IGNORECASE)
@@ -459,6 +464,31 @@ def test_compose_environment_configures_postgres_and_redis(
     flower = _command(services["flower"])
     assert f"--broker={settings.broker_url}" in flower
     assert f"--basic-auth={settings.flower_user}:{settings.flower_password}" in flower
+
+
+@pytest.mark.parametrize("env_file", ["distinct", "none"])
+def test_compose_environment_configures_the_slam_services(
+    env_file: str,
+    distinct_config: dict[str, Any],
+    config: dict[str, Any],
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    from sagakit_examples.slam.settings import Service, SlamSettings
+
+    rendered = distinct_config if env_file == "distinct" else config
+    for key in [key for key in os.environ if key.startswith("SLAM_")]:
+        clean_env.delenv(key)
+    for key, value in _environment(rendered["services"]["worker-robots"]).items():
+        clean_env.setenv(key, value)
+    settings = SlamSettings()
+
+    assert str(settings.output_dir) == "/data/maps"
+    for service in Service:
+        wanted = DISTINCT_ENV[f"SLAM_{service.upper()}_DATABASE_URL"]
+        if env_file == "none":  # unset: the services share the saga log's database
+            wanted = os.environ["SAGAKIT_DATABASE_URL"]
+        assert settings.database_for(service) == wanted
+    assert settings.fleet_size == (12 if env_file == "distinct" else 8)
 
 
 def test_seed_variable_names_configure_postgres_and_redis(clean_env: pytest.MonkeyPatch) -> None:
