@@ -18,6 +18,7 @@ from sagakit_examples.slam.render import (
     Layout,
     Track,
     layout,
+    marker_box,
     render_png,
     scale_for,
 )
@@ -51,11 +52,16 @@ def matching(area: NDArray[np.uint8], colours: list[tuple[int, int, int]]) -> ND
     return mask
 
 
-def path_cells(png: bytes, place: Layout, robots: int) -> list[tuple[int, int]]:
-    """Cells ``(x, y)`` under every pixel of the map drawn in a route colour."""
+def path_cells(png: bytes, place: Layout, tracks: list[Track]) -> list[tuple[int, int]]:
+    """Cells ``(x, y)`` under every pixel of a route's line (its end markers left out)."""
+    image = pixels(png).copy()
+    for track in tracks:  # blank the markers, which may overlap the cells around the ends
+        for end in (track.cells[0], track.cells[-1]):
+            x0, y0, x1, y1 = marker_box(place, end)
+            image[y0 : y1 + 1, x0 : x1 + 1] = 255
     left, top, right, bottom = place.map_box
-    area = pixels(png)[top:bottom, left:right]
-    ys, xs = np.nonzero(matching(area, list(PATH_COLOURS[:robots])))
+    area = image[top:bottom, left:right]
+    ys, xs = np.nonzero(matching(area, list(PATH_COLOURS[: len(tracks)])))
     return sorted(
         {(int(x) // place.scale, int(y) // place.scale) for x, y in zip(xs, ys, strict=True)}
     )
@@ -64,17 +70,22 @@ def path_cells(png: bytes, place: Layout, robots: int) -> list[tuple[int, int]]:
 def test_no_route_pixel_lies_on_a_wall() -> None:
     world, fused, tracks = mission_map()
     place = layout(world, len(tracks), scale_for(world))
-    drawn = path_cells(render_png(world, fused, tracks), place, len(tracks))
+    drawn = path_cells(render_png(world, fused, tracks), place, tracks)
 
     assert len(drawn) > 500  # the routes are there
     assert [cell for cell in drawn if world.truth[cell[1], cell[0]]] == []
+    image = pixels(render_png(world, fused, tracks))
+    for colour, track in zip(PATH_COLOURS, tracks, strict=False):
+        for end in (track.cells[0], track.cells[-1]):  # a start and an end marker
+            x0, y0, x1, y1 = marker_box(place, end)
+            assert matching(image[y0:y1, x0:x1], [colour]).sum() > (x1 - x0) * (y1 - y0) // 3
 
 
 def test_the_wall_check_catches_routes_drawn_through_walls() -> None:
     world, fused, _ = mission_map()
     straight = [Track(n, r.waypoints) for n, r in zip(NAMES, plan(world, 3), strict=True)]
     place = layout(world, 3, scale_for(world))
-    drawn = path_cells(render_png(world, fused, straight), place, 3)
+    drawn = path_cells(render_png(world, fused, straight), place, straight)
 
     assert [cell for cell in drawn if world.truth[cell[1], cell[0]]] != []
 

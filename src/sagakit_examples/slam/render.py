@@ -54,13 +54,15 @@ PATH_COLOURS = (
 
 TITLE_HEIGHT = 40
 LEGEND_WIDTH = 240
+MIN_WIDTH = 720
+"""The title line needs this much, however narrow the map."""
 ROW = 24
 PAD = 16
 MAP_KEYS = (
     (FREE_RGB, "free"),
     (OCCUPIED_RGB, "occupied"),
     (UNKNOWN_RGB, "unknown"),
-    (UNSEEN_OBSTACLE_RGB, "unknown (a wall, unseen)"),
+    (UNSEEN_OBSTACLE_RGB, "unknown (in truth a wall)"),
 )
 
 
@@ -101,7 +103,7 @@ def layout(world: World, robots: int, scale: int) -> Layout:
     height = TITLE_HEIGHT + max(map_height, legend_height)
     return Layout(
         scale=scale,
-        width=map_width + LEGEND_WIDTH,
+        width=max(map_width + LEGEND_WIDTH, MIN_WIDTH),
         height=height,
         map_box=(0, TITLE_HEIGHT, map_width, TITLE_HEIGHT + map_height),
         legend_box=(map_width, TITLE_HEIGHT, map_width + LEGEND_WIDTH, height),
@@ -135,7 +137,12 @@ def render_png(
     for number, track in enumerate(tracks):
         _track(draw, place, track.cells, PATH_COLOURS[number % len(PATH_COLOURS)])
     title = f"{world.name}: coverage {quality.coverage:.1%}, accuracy {quality.accuracy:.1%}"
-    draw.text((PAD, 10), title, fill=TEXT_RGB, font=_font(18))
+    font = _font(18)
+    draw.text((PAD, 10), title, fill=TEXT_RGB, font=font)
+    size = f"{len(tracks)} robots, {world.width} x {world.height} cells"
+    draw.text(
+        (PAD * 2 + draw.textlength(title, font=font), 12), size, fill=FAINT_TEXT_RGB, font=_font(15)
+    )
     _legend(draw, place, [track.name for track in tracks])
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
@@ -158,6 +165,18 @@ def _cells(world: World, fused: NDArray[np.float32]) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+def marker_box(place: Layout, cell: Cell) -> tuple[int, int, int, int]:
+    """The pixels ``(left, top, right, bottom)`` a start or end marker on `cell` covers.
+
+    A marker is larger than a cell, so that it shows at every scale; it may overlap the
+    cells around it, where a route's line never does.
+    """
+    scale, (left, top, _, _) = place.scale, place.map_box
+    cx, cy = left + (cell[0] + 0.5) * scale, top + (cell[1] + 0.5) * scale
+    half = max(5, round(scale * 0.7))
+    return (int(cx) - half, int(cy) - half, int(cx) + half, int(cy) + half)
+
+
 def _track(
     draw: ImageDraw.ImageDraw,
     place: Layout,
@@ -166,8 +185,8 @@ def _track(
 ) -> None:
     """A route through cell centres, a square on its first cell and a disc on its last.
 
-    Every stroke stays inside the cells it passes through, so a route over free cells
-    never paints a wall.
+    The line stays inside the cells it passes through, so a route over free cells never
+    paints a wall.
     """
     if not cells:
         return
@@ -176,10 +195,8 @@ def _track(
     width = max(1, round(scale * 0.3))
     if len(centres) > 1:
         draw.line(centres, fill=colour, width=width, joint="curve")
-    half = max(1.0, scale * 0.4)
-    (sx, sy), (ex, ey) = centres[0], centres[-1]
-    draw.rectangle((sx - half, sy - half, sx + half - 1, sy + half - 1), fill=colour)
-    draw.ellipse((ex - half, ey - half, ex + half - 1, ey + half - 1), fill=colour)
+    draw.rectangle(marker_box(place, cells[0]), fill=colour, outline=PANEL_RGB, width=2)
+    draw.ellipse(marker_box(place, cells[-1]), fill=colour, outline=PANEL_RGB, width=2)
 
 
 def _legend(draw: ImageDraw.ImageDraw, place: Layout, names: Sequence[str]) -> None:
