@@ -196,12 +196,12 @@ def test_a_waiting_mission_runs_once_robots_are_free(small_fleet: Mission) -> No
 
 def test_more_missions_than_robots_all_complete_by_waiting(small_fleet: Mission) -> None:
     saga_ids = [
-        small_fleet.start(robots=2, area=f"bay{i}", robot_wait=120, width=30, height=24)
-        for i in range(6)
+        small_fleet.start(robots=2 + i % 2, area=f"bay{i}", robot_wait=120, width=30, height=24)
+        for i in range(12)
     ]
     records = [small_fleet.engine.wait(saga_id, timeout=90) for saga_id in saga_ids]
 
-    assert [r.status for r in records] == ["completed"] * 6, [r.reason for r in records]
+    assert [r.status for r in records] == ["completed"] * 12, [r.reason for r in records]
     assert any(allocate_attempts(small_fleet, r.saga_id) > 1 for r in records)  # some waited
     assert fleet.allocation_overlaps(small_fleet.db) == []
     assert small_fleet.held() == []

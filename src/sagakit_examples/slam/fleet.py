@@ -88,7 +88,6 @@ def allocate(
         RobotsBusy: If enough are free but some are locked by concurrent transactions
             (PostgreSQL only).
     """
-    now = now or utcnow()
     # Lock the candidates first, then update exactly those: inside ``UPDATE ... WHERE id IN
     # (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`` PostgreSQL may run the subquery once per
     # row it scans, and so update more than n robots.
@@ -117,6 +116,8 @@ def allocate(
             raise RobotsBusy(f"robots are busy: {count} requested, {len(taken)} unlocked")
         raise NotEnoughRobots(count, free, active)
     reserved = sorted(({"id": r.id, "name": r.name} for r in taken), key=lambda r: r["id"])
+    # Read the clock only now that the rows are ours: a release committed before it.
+    now = now or utcnow()
     conn.execute(
         allocations.insert(),
         [

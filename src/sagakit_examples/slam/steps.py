@@ -47,7 +47,7 @@ def allocate_robots(ctx: StepContext) -> Any:
 
     def reserve(conn: sa.Connection) -> dict[str, Any]:
         try:
-            robots = fleet.allocate(conn, ctx.saga_id, mission.robots, now)
+            robots = fleet.allocate(conn, ctx.saga_id, mission.robots)
         except fleet.NotEnoughRobots as short:
             raise fleet.shortage(short, waited, mission.robot_wait) from None
         return {"robots": robots, "waited": round(waited, 1)}
