@@ -6,7 +6,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONPATH=/app \
     SLAM_OUTPUT_DIR=/data/maps
 
 RUN groupadd --system --gid 10001 sagakit \
@@ -15,18 +14,18 @@ RUN groupadd --system --gid 10001 sagakit \
 WORKDIR /app
 
 # Dependencies first, from the project's own metadata: this layer is rebuilt only when
-# pyproject.toml changes. A stub package stands in for the code so the build backend can run.
+# pyproject.toml changes. Stub packages stand in for the code so the build backend can run.
 COPY pyproject.toml README.md ./
-RUN mkdir -p src/sagakit \
- && touch src/sagakit/__init__.py \
+RUN mkdir -p src/sagakit src/sagakit_examples \
+ && touch src/sagakit/__init__.py src/sagakit_examples/__init__.py \
  && pip install ".[api]" \
  && rm -rf src
 
-# Then the code itself (no dependency resolution here), and the SLAM example that the default
-# SAGAKIT_IMPORTS=examples.slam names (importable from /app, the working directory).
+# Then the code itself (no dependency resolution here): sagakit and the SLAM example that the
+# default SAGAKIT_IMPORTS=sagakit_examples.slam names, both installed from one wheel.
 COPY src ./src
-RUN pip install --no-deps --force-reinstall .
-COPY examples ./examples
+RUN pip install --no-deps --force-reinstall . \
+ && rm -rf src
 
 # The working directory (embedded SQLite default, ./out) and the SLAM maps are writable by the
 # app user; the installed code is not.

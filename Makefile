@@ -26,12 +26,12 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -m "not integration and not postgres and not redis"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests examples
-	$(BIN)/ruff check --fix src tests examples
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

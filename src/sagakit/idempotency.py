@@ -5,6 +5,9 @@ retried attempt that had in fact committed). Wrap its local transaction in `once
 is recorded in the same transaction as the work, so a repeat returns the first result
 instead of doing the work again, and a concurrent duplicate fails on the primary key and
 rolls back with its work.
+
+The key table belongs to the service's database, not to the saga log: `ensure_table`
+creates it there.
 """
 
 from __future__ import annotations
@@ -16,24 +19,31 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-from .store.schema import UTCDateTime
+T = TypeVar("T")
 
 metadata = sa.MetaData()
+
 idempotency_keys = sa.Table(
     "sagakit_idempotency_keys",
     metadata,
     sa.Column("key", sa.String(300), primary_key=True),
     sa.Column("result", sa.JSON().with_variant(JSONB(), "postgresql")),
-    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
-"""One row per step key that took effect, in the service's own database."""
-
-T = TypeVar("T")
+"""One row per step key that took effect, with the result the step returned."""
 
 
 def ensure_table(engine: sa.Engine) -> None:
-    """Create the idempotency-key table in a service database (no-op if present)."""
-    idempotency_keys.create(engine, checkfirst=True)
+    """Create the idempotency-key table in a service database if it is missing.
+
+    Safe when several processes call it at once: one that loses the race to create the
+    table finds it made by the other.
+    """
+    try:
+        metadata.create_all(engine, checkfirst=True)
+    except sa.exc.DBAPIError:
+        if not sa.inspect(engine).has_table(idempotency_keys.name):
+            raise
 
 
 def once(conn: sa.Connection, key: str, work: Callable[[], T]) -> T | Any:

@@ -6,7 +6,7 @@ import os
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BROKER = "memory://localhost/"
@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     """Bearer token that allows the /api routes' reads (GET) but no writes; needs api_token."""
     api_protect_system: bool = False
     """Require a token (either one) on /healthz and /metrics too, when api_token is set."""
-    imports: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["examples.slam"])
+    imports: Annotated[list[str], NoDecode] = ["sagakit_examples.slam"]
     """Modules holding saga definitions and step tasks (comma separated)."""
     events_stream: str = "sagakit:events"
     events_maxlen: int = 100_000

@@ -80,7 +80,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     with api.log.open("wb") as log:
         process = subprocess.Popen(
             [str(entry_point), "api", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,  # SAGAKIT_IMPORTS defaults to examples.slam, importable from here
+            cwd=REPO,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

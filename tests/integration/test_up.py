@@ -55,7 +55,7 @@ def stack(
         "SAGAKIT_DATABASE_URL": pg_url,
         "SAGAKIT_BROKER_URL": broker,
         "SAGAKIT_REDIS_URL": broker,
-        "SAGAKIT_IMPORTS": "examples.slam",
+        "SAGAKIT_IMPORTS": "sagakit_examples.slam",
         "SAGAKIT_API_PORT": str(free_port()),
         "SAGAKIT_FLOWER_PORT": str(free_port()),
         "SAGAKIT_FLOWER_PASSWORD": "flower-pw",

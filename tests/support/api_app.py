@@ -12,6 +12,7 @@ import pytest
 from sagakit import Settings
 from sagakit.api import create_app
 from sagakit.settings import EMBEDDED_BROKER
+from sagakit_examples.slam import databases
 
 with warnings.catch_warnings():
     # Starlette's test client prefers httpx2 and says so once, at import time.
@@ -27,7 +28,7 @@ def embedded_settings(database_url: str, **overrides: Any) -> Settings:
         "database_url": database_url,
         "broker_url": EMBEDDED_BROKER,
         "redis_url": None,
-        "imports": ["examples.slam"],
+        "imports": ["sagakit_examples.slam"],
         "sweep_interval": 0.2,
         "sse_max_seconds": 30,
         **overrides,
@@ -36,10 +37,17 @@ def embedded_settings(database_url: str, **overrides: Any) -> Settings:
 
 
 def running_client(tmp_path: Path, **overrides: Any) -> Iterator[TestClient]:
-    """An embedded app on a SQLite file in `tmp_path`, its lifespan running."""
+    """An embedded app on a SQLite file in `tmp_path`, its lifespan running.
+
+    The SLAM services share the saga log's database, as they do by default.
+    """
     url = f"sqlite:///{tmp_path}/api.db"
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("SLAM_DATABASE_URL", url)
+        env.setenv("SAGAKIT_DATABASE_URL", url)
         env.setenv("SLAM_OUTPUT_DIR", str(tmp_path))
-        with TestClient(create_app(embedded_settings(url, **overrides))) as client:
-            yield client
+        databases.reset()  # the services read their settings anew
+        try:
+            with TestClient(create_app(embedded_settings(url, **overrides))) as client:
+                yield client
+        finally:
+            databases.reset()

@@ -105,10 +105,30 @@ def test_bench_runs_sagas_and_reports_percentiles(env: dict[str, str]) -> None:
         (["--robots", "0", "--area", "lab"], "input.robots: Input should be greater than or equal"),
         (["--robots", "2", "--area", "lab", "--fail-at", "nope"], "unknown step 'nope'"),
         (["--robots", "2", "--area", "no spaces"], "input.area: String should match pattern"),
+        (
+            ["--robots", "2", "--area", "lab", "--robot-wait", "-1"],
+            "input.robot_wait: Input should",
+        ),
+        (
+            ["--robots", "2", "--area", "lab", "--robot-wait", "9999"],
+            "input.robot_wait: Input should",
+        ),
     ],
 )
 def test_bad_mission_input_is_one_line(env: dict[str, str], args: list[str], message: str) -> None:
-    result = sagakit({**env, "SAGAKIT_IMPORTS": "examples.slam"}, "run", "slam", *args)
+    result = sagakit({**env, "SAGAKIT_IMPORTS": "sagakit_examples.slam"}, "run", "slam", *args)
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_slam_example_adds_its_fleet_commands(env: dict[str, str]) -> None:
+    env = {**env, "SAGAKIT_IMPORTS": "sagakit_examples.slam", "SLAM_FLEET_SIZE": "2"}
+    added = sagakit(env, "robots", "add", "1")
+    assert (added.returncode, added.stdout.strip()) == (0, "added scout-03"), added.stderr
+    listed = json.loads(sagakit(env, "robots", "--json").stdout)
+    assert [(r["name"], r["state"]) for r in listed] == [
+        ("scout-01", "free"),
+        ("scout-02", "free"),
+        ("scout-03", "free"),
+    ]

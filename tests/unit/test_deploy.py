@@ -53,6 +53,11 @@ DISTINCT_ENV = {
     "SAGAKIT_BIND": "0.0.0.0",
     "SAGAKIT_LOG_LEVEL": "DEBUG",
     "SAGAKIT_LOG_FORMAT": "json",
+    "SLAM_FLEET_SIZE": "12",
+    "SLAM_ROBOTS_DATABASE_URL": "postgresql+psycopg://u:p@robots-db:5432/robots",
+    "SLAM_PLANNING_DATABASE_URL": "postgresql+psycopg://u:p@db:5432/planning",
+    "SLAM_EXPLORATION_DATABASE_URL": "postgresql+psycopg://u:p@db:5432/exploration",
+    "SLAM_MAPPING_DATABASE_URL": "postgresql+psycopg://u:p@db:5432/mapping",
 }
 PLACEHOLDER = re.compile(r"^$|change-?me|placeholder|example|<[^>]*>", re.IGNORECASE)
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|_KEY$", re.IGNORECASE)
@@ -396,7 +401,7 @@ def test_worker_queues_are_saga_queues(config: dict[str, Any]) -> None:
     from sagakit.registry import discover
     from sagakit.runtime.app import SAGAKIT_QUEUE
 
-    sagas = discover(["examples.slam"])
+    sagas = discover(["sagakit_examples.slam"])
     step_queues = set().union(*(saga.queues for saga in sagas.values()))
     served: set[str] = set()
     services = config["services"]
@@ -421,7 +426,7 @@ def test_app_services_share_one_environment(distinct_config: dict[str, Any]) -> 
     services = distinct_config["services"]
     envs = [_environment(services[name]) for name in sorted(APP_SERVICES)]
     assert all(env == envs[0] for env in envs)
-    assert envs[0]["SAGAKIT_IMPORTS"] == "examples.slam"
+    assert envs[0]["SAGAKIT_IMPORTS"] == "sagakit_examples.slam"
 
 
 def test_compose_environment_configures_postgres_and_redis(
@@ -453,12 +458,37 @@ def test_compose_environment_configures_postgres_and_redis(
         assert parts.password == requirepass
 
     assert settings.api_token == DISTINCT_ENV["SAGAKIT_API_TOKEN"]
-    assert settings.imports == ["examples.slam"]
+    assert settings.imports == ["sagakit_examples.slam"]
     assert settings.flower_user == DISTINCT_ENV["SAGAKIT_FLOWER_USER"]
     assert settings.flower_password == DISTINCT_ENV["SAGAKIT_FLOWER_PASSWORD"]
     flower = _command(services["flower"])
     assert f"--broker={settings.broker_url}" in flower
     assert f"--basic-auth={settings.flower_user}:{settings.flower_password}" in flower
+
+
+@pytest.mark.parametrize("env_file", ["distinct", "none"])
+def test_compose_environment_configures_the_slam_services(
+    env_file: str,
+    distinct_config: dict[str, Any],
+    config: dict[str, Any],
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    from sagakit_examples.slam.settings import Service, SlamSettings
+
+    rendered = distinct_config if env_file == "distinct" else config
+    for key in [key for key in os.environ if key.startswith("SLAM_")]:
+        clean_env.delenv(key)
+    for key, value in _environment(rendered["services"]["worker-robots"]).items():
+        clean_env.setenv(key, value)
+    settings = SlamSettings()
+
+    assert str(settings.output_dir) == "/data/maps"
+    for service in Service:
+        wanted = DISTINCT_ENV[f"SLAM_{service.upper()}_DATABASE_URL"]
+        if env_file == "none":  # unset: the services share the saga log's database
+            wanted = os.environ["SAGAKIT_DATABASE_URL"]
+        assert settings.database_for(service) == wanted
+    assert settings.fleet_size == (12 if env_file == "distinct" else 8)
 
 
 def test_seed_variable_names_configure_postgres_and_redis(clean_env: pytest.MonkeyPatch) -> None:
@@ -531,7 +561,10 @@ def test_dockerfile_installs_from_project_metadata() -> None:
     copies = " ".join(args for keyword, args in instructions if keyword == "COPY")
     runs = [args for keyword, args in instructions if keyword == "RUN"]
     assert "pyproject.toml" in copies
-    assert "examples" in copies
+    # The SLAM example is installed with sagakit, from the wheel: nothing is run from /app.
+    assert "examples" not in copies
+    envs = " ".join(args for keyword, args in instructions if keyword == "ENV")
+    assert "PYTHONPATH" not in envs
     installs = [run for run in runs if "pip install" in run]
     assert installs
     assert any(re.search(r"pip install[^&;]*\s['\"]?\.(\[api\])?['\"]?(\s|$)", run) for run in runs)

@@ -53,3 +53,38 @@ def test_the_core_imports_only_the_standard_library_and_itself() -> None:
                 continue
             for name in names:
                 assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+
+
+def test_sagakit_never_imports_its_examples() -> None:
+    package = Path(sagakit.__file__).parent
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] != "sagakit_examples", f"{path} imports {name}"
+        # Nor by name, through importlib: only settings name the default example.
+        if path.name != "settings.py":
+            assert "sagakit_examples" not in path.read_text(), path
+
+
+def test_the_examples_use_only_the_public_api() -> None:
+    import sagakit_examples
+
+    public = {"sagakit", "sagakit.idempotency"}
+    for path in Path(sagakit_examples.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] == "sagakit":
+                    assert name in public, f"{path.name} imports {name}"

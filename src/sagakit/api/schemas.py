@@ -52,7 +52,7 @@ def start_body(sagas: Mapping[str, Saga]) -> Any:
         return Annotated[
             StartSaga, BeforeValidator(lambda value: value, json_schema_input_type=members[0])
         ]
-    documented = Annotated[Union[tuple(members)], Field(discriminator="type")]  # noqa: UP007
+    documented: Any = Annotated[Union[tuple(members)], Field(discriminator="type")]  # noqa: UP007
     root = create_model(
         "StartSaga",
         __base__=RootModel[documented],

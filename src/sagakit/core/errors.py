@@ -7,7 +7,7 @@
   x InvalidTransition      - an operation the saga's status does not allow
   x InvalidInput           - input rejected at the boundary (which field, why)
 * NonRetryableError        - raised by step code: fail now, skip remaining attempts
-* RetryableError           - raised by step code: an expected, transient failure
+* RetryableError           - raised by step code: an expected, transient failure; try again
 """
 
 from __future__ import annotations
@@ -74,9 +74,11 @@ class NonRetryableError(Exception):
 
 
 class RetryableError(Exception):
-    """Raised by step code for an expected, transient failure ("not enough robots yet").
+    """Raised by step code for an expected, transient failure: try the step again later.
 
-    It is retried by the step's retry policy like any other exception, but logged as one
-    warning line without a traceback. Like NonRetryableError it is the step author's
-    signal, outside the SagaError tree.
+    It is retried by the step's retry policy and logged as one warning line without a
+    traceback. Like `NonRetryableError`, it does not derive from SagaError: it is the step
+    author's signal. Any exception other than `NonRetryableError` is retried; raise this one
+    when the failure is foreseen (a resource is busy, a precondition does not hold yet), so
+    that it does not read as a bug.
     """

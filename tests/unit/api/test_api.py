@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from examples.slam import db as slam_db
 from tests.support.api_app import TestClient, running_client
 
 SETTLED = ("completed", "compensated", "failed")
@@ -31,12 +30,6 @@ MISSION_STEPS = [
     "integrate_maps",
     "release_robots",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _forget_slam_engines() -> Iterator[None]:
-    yield
-    slam_db.dispose_engines()  # the SLAM services cache one engine per (temporary) database
 
 
 def start(client: TestClient, saga_input: dict[str, Any], **headers: str) -> str:
@@ -433,6 +426,7 @@ class TestOpenApi:
         assert [robot["id"] for robot in fleet] == list(range(1, 9))
         assert [robot["name"] for robot in fleet] == [f"scout-{n:02d}" for n in range(1, 9)]
         assert all(robot["held_by"] is None for robot in fleet)  # every mission gave them back
+        assert {robot["state"] for robot in fleet} == {"free"}
 
     def test_healthz(self, client: TestClient) -> None:
         response = client.get("/healthz")

@@ -19,9 +19,9 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
-from examples.slam import db as slam_db
 from sagakit import Settings, System
 from sagakit.api import create_app
+from sagakit_examples.slam import databases
 from tests.support.api_app import TestClient, embedded_settings, running_client
 
 WRITE = {"Authorization": "Bearer s3cret"}
@@ -106,7 +106,7 @@ class TestTokens:
     @pytest.fixture(scope="class")
     def client(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         yield from running_client(tmp_path_factory.mktemp("api-auth"), **TOKENS)
-        slam_db.dispose_engines()
+        databases.reset()
 
     @pytest.fixture(scope="class")
     def saga_id(self, client: TestClient) -> str:
@@ -260,7 +260,7 @@ def hook_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
 
 def hooked_app(tmp_path: Path, module: types.ModuleType) -> FastAPI:
     settings = embedded_settings(
-        f"sqlite:///{tmp_path}/api.db", imports=["examples.slam", module.__name__], **TOKENS
+        f"sqlite:///{tmp_path}/api.db", imports=["sagakit_examples.slam", module.__name__], **TOKENS
     )
     return create_app(system=System(settings, migrate=False))
 

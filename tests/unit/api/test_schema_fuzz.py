@@ -27,7 +27,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from examples.slam import db as slam_db
 from sagakit import System
 from sagakit.api import create_app
 from tests.support.api_app import TestClient, embedded_settings, running_client
@@ -51,7 +50,6 @@ schema = schemathesis.openapi.from_dict(SPEC)
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     yield from running_client(tmp_path_factory.mktemp("fuzz"), sse_max_seconds=10)
-    slam_db.dispose_engines()
 
 
 def send(client: TestClient, case: schemathesis.Case) -> Any:

@@ -58,7 +58,9 @@ def spec() -> Iterator[dict[str, Any]]:
     ]
     sys.modules[module.__name__] = module
     try:
-        settings = embedded_settings("sqlite://", imports=["examples.slam", module.__name__])
+        settings = embedded_settings(
+            "sqlite://", imports=["sagakit_examples.slam", module.__name__]
+        )
         yield create_app(system=System(settings, migrate=False)).openapi()
     finally:
         del sys.modules[module.__name__]

@@ -2,10 +2,11 @@
 
 Five steps, each a local transaction of one service (its own Celery queue):
 
-1. ``allocate_robots`` (robots): reserve the robots; undone by releasing them.
-2. ``plan_routes`` (planning): split the area into sectors, one coverage path per robot;
-   undone by discarding the plan.
-3. ``explore`` (exploration): one parallel branch per robot, each driving its path and
+1. ``allocate_robots`` (robots): reserve the robots, waiting for them up to the mission's
+   ``robot_wait``; undone by releasing them.
+2. ``plan_routes`` (planning): split the area into sectors and route a coverage path
+   through each, around obstacles; undone by discarding the plan.
+3. ``explore`` (exploration): one parallel branch per robot, each driving its route and
    building a local occupancy grid; undone by recalling the robot and dropping its scans.
 4. ``integrate_maps`` (mapping): fuse the local grids, assess the map against the ground
    truth and render it; undone by deleting the map.
@@ -19,14 +20,19 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from examples.slam.faults import Faults, lift_top_level
-from examples.slam.planning import MIN_STRIP_WIDTH
 from sagakit import RetryPolicy, Saga, Step, StepKind
 
+from .faults import Faults, lift_top_level
+from .planning import MIN_STRIP_WIDTH
+
 STEP_RETRY = RetryPolicy(max_attempts=3, initial_interval=0.2, backoff=2.0, max_interval=2.0)
+WAIT_RETRY = RetryPolicy(max_attempts=None, initial_interval=0.2, backoff=1.5, max_interval=2.0)
+"""allocate_robots asks again until the mission's own robot_wait deadline has passed."""
 UNDO_RETRY = RetryPolicy(max_attempts=5, initial_interval=0.2, backoff=2.0, max_interval=2.0)
 STEP_TIMEOUT = 120.0
 MISSION_TIMEOUT = 900.0
+MAX_ROBOT_WAIT = 600.0
+"""Longest a mission may wait for robots, leaving time within MISSION_TIMEOUT for the rest."""
 
 
 class MissionInput(BaseModel):
@@ -48,6 +54,12 @@ class MissionInput(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**32 - 1, description="World and sensor-noise seed.")
     width: int = Field(default=80, ge=20, le=400, description="World width in cells.")
     height: int = Field(default=60, ge=20, le=400, description="World height in cells.")
+    robot_wait: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=MAX_ROBOT_WAIT,
+        description="Seconds to wait for enough free robots before giving up (0: at once).",
+    )
     faults: Faults = Field(default_factory=Faults, description="Failures to inject.")
 
     @model_validator(mode="before")
@@ -72,22 +84,19 @@ class MissionInput(BaseModel):
 
 
 def _step(name: str, action: str, compensation: str | None, queue: str, **options: Any) -> Step:
-    return Step(
-        name,
-        action=action,
-        compensation=compensation,
-        queue=queue,
-        retry=STEP_RETRY,
-        compensation_retry=UNDO_RETRY,
-        timeout=STEP_TIMEOUT,
+    values: dict[str, Any] = {
+        "retry": STEP_RETRY,
+        "compensation_retry": UNDO_RETRY,
+        "timeout": STEP_TIMEOUT,
         **options,
-    )
+    }
+    return Step(name, action=action, compensation=compensation, queue=queue, **values)
 
 
 mission = Saga(
     "slam",
     [
-        _step("allocate_robots", "robots.allocate", "robots.release", "robots"),
+        _step("allocate_robots", "robots.allocate", "robots.release", "robots", retry=WAIT_RETRY),
         _step("plan_routes", "planning.plan", "planning.discard_plan", "planning"),
         _step(
             "explore",

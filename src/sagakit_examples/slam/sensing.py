@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import math
 import zlib
@@ -10,13 +12,15 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from examples.slam.world import World
+from .world import World
 
 L_OCC = 0.85
 L_FREE = -0.4
 L_MIN = -4.0
 L_MAX = 4.0
 RAY_STEP = 0.5
+SCAN_EVERY = 4
+"""Cells a robot drives between two scans."""
 
 Pose = tuple[int, int]
 Reading = tuple[float, float]
@@ -121,6 +125,16 @@ def integrate_scan(
     np.clip(grid, L_MIN, L_MAX, out=grid)
 
 
+def scan_poses(cells: Sequence[Pose], every: int = SCAN_EVERY) -> list[Pose]:
+    """Where a robot driving through `cells` scans: every `every` cells, and at the end."""
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    poses = list(cells[::every])
+    if cells and (len(cells) - 1) % every:
+        poses.append(cells[-1])
+    return poses
+
+
 def explore_sector(
     world: World,
     path: Sequence[Pose],
@@ -130,11 +144,11 @@ def explore_sector(
     noise: float = 0.3,
     fraction: float = 1.0,
 ) -> NDArray[np.float32]:
-    """Drive one robot along its path, scanning at every waypoint.
+    """Scan from each pose of one robot's path, in order.
 
     Args:
         world: Ground truth the robot senses.
-        path: Waypoints ``(x, y)`` in driving order.
+        path: Scan poses ``(x, y)`` in driving order (see `scan_poses`).
         seed: Seed of the robot's sensor noise.
         beams: Beams per scan.
         max_range: Sensor range in cells.
@@ -171,3 +185,21 @@ def decode_grid(data: bytes) -> NDArray[np.float32]:
         raise ValueError("data does not hold a two-dimensional float32 grid")
     result: NDArray[np.float32] = array
     return result
+
+
+def grid_to_text(grid: NDArray[np.float32]) -> str:
+    """An encoded grid as base64 text, to travel in a JSON step output."""
+    return base64.b64encode(encode_grid(grid)).decode("ascii")
+
+
+def grid_from_text(text: str) -> NDArray[np.float32]:
+    """Restore a grid from :func:`grid_to_text`.
+
+    Raises:
+        ValueError: If `text` is not an encoded grid.
+    """
+    try:
+        data = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise ValueError(f"text is not base64: {exc}") from exc
+    return decode_grid(data)

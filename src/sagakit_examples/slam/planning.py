@@ -1,4 +1,4 @@
-"""Sector assignment and boustrophedon coverage paths."""
+"""Sector assignment, boustrophedon coverage paths, and the routes robots drive along them."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from examples.slam.world import World
+from .routing import route
+from .world import World
 
 MIN_ROBOTS = 1
 MAX_ROBOTS = 16
 MIN_STRIP_WIDTH = 3
+SPACING = 4
+"""Cells between a robot's sweep lines (the sensor sees 10 cells)."""
 
 Waypoint = tuple[int, int]
 
@@ -150,3 +153,27 @@ def coverage_path(world: World, sector: Sector, spacing: int = 4) -> list[Waypoi
     if not free:
         return []
     return [min(free, key=lambda cell: ((cell[0] - cx) ** 2 + (cell[1] - cy) ** 2, cell))]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One robot's assignment: its sector, the waypoints covering it, the cells it drives."""
+
+    sector: Sector
+    waypoints: list[Waypoint]
+    cells: list[Waypoint]
+    """Every cell driven through, in order: each leg between waypoints is a shortest path
+    over free cells, so the route never crosses an obstacle."""
+
+
+def plan(world: World, robots: int, spacing: int = SPACING) -> list[Route]:
+    """Split the world into one sector per robot and route a coverage path through each.
+
+    Raises:
+        ValueError: As `split_sectors` does.
+    """
+    routes = []
+    for sector in split_sectors(world, robots):
+        waypoints = coverage_path(world, sector, spacing)
+        routes.append(Route(sector, waypoints, route(world.free, waypoints)))
+    return routes

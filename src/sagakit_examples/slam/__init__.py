@@ -1,0 +1,34 @@
+"""Collaborative multi-robot SLAM exploration, the reference saga of sagakit.
+
+The pure simulation lives in `world`, `planning`, `routing`, `sensing`, `mapping` and
+`render`; the services' settings, tables and databases in `settings`, `tables` and
+`databases`; the robot fleet in `fleet`; failure injection in `faults`; the saga definition
+in `saga` and its step tasks in `steps`. Importing this package (for instance via
+``SAGAKIT_IMPORTS=sagakit_examples.slam``, the default) registers the ``slam`` saga and its
+Celery tasks, the ``sagakit robots`` commands and the ``GET /api/robots`` route.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import steps
+from .cli import register_cli
+from .faults import Faults
+from .saga import MissionInput, mission
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+
+def register_api(app: FastAPI) -> None:
+    """Add the SLAM example's routes to the sagakit API.
+
+    FastAPI is imported only here: workers and the CLI run without the ``api`` extra.
+    """
+    from .api import register
+
+    register(app)
+
+
+__all__ = ["Faults", "MissionInput", "mission", "register_api", "register_cli", "steps"]
