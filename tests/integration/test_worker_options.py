@@ -1,4 +1,4 @@
-"""`sagakit worker` with Celery's worker options, on real workers.
+"""`sagakit worker` with Celery's worker options, and `sagakit ping`, on real workers.
 
 Workers are started through the installed entry point and observed the way an operator
 observes them: `celery inspect` through the broker, and the worker's own log.
@@ -7,6 +7,8 @@ observes them: `celery inspect` through the broker, and the worker's own log.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import uuid
@@ -19,6 +21,7 @@ import pytest
 from sagakit import Engine
 from tests.integration.conftest import client_system, worker_env
 from tests.support.cluster import ROOT, SAGAKIT, Cluster, wait_for
+from tests.support.redis_server import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 
@@ -71,6 +74,18 @@ def _inspect(env: dict[str, str], command: str, *nodes: str) -> Any:
     replies = json.loads(done.stdout)
     assert set(replies) == set(nodes), replies
     return replies
+
+
+def _ping(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SAGAKIT, "ping", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +177,41 @@ def test_max_memory_per_child_replaces_the_pool_process(
     after = _inspect(workers["env"], "stats", node)[node]["pool"]["processes"]
     assert len(after) == 1
     assert after != before
+
+
+def test_ping_answers_for_a_consuming_worker(workers: dict[str, Any]) -> None:
+    name = workers["nodes"]["threads"].split("@")[0]
+    done = _ping(workers["env"], "-n", f"{name}@%h", "--timeout", "10")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{name}@{HOST}: pong")
+
+
+def test_ping_fails_in_one_line_for_a_worker_that_is_not_there(workers: dict[str, Any]) -> None:
+    done = _ping(workers["env"], "-n", "nobody-here@%h", "--timeout", "1")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith(f"unhealthy: nobody-here@{HOST} did not answer within 1s")
+
+
+def test_ping_fails_while_the_worker_is_stopped(workers: dict[str, Any]) -> None:
+    proc = workers["procs"]["threads"]
+    name = workers["nodes"]["threads"].split("@")[0]
+    os.kill(proc.pid, signal.SIGSTOP)  # alive, but its consumer takes nothing off the broker
+    try:
+        stopped = _ping(workers["env"], "-n", f"{name}@%h", "--timeout", "2")
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert stopped.returncode == 1
+    assert "did not answer within 2s" in stopped.stderr
+    resumed = _ping(workers["env"], "-n", f"{name}@%h", "--timeout", "10")
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_ping_fails_in_one_line_when_the_broker_is_down(workers: dict[str, Any]) -> None:
+    env = {**workers["env"], "SAGAKIT_BROKER_URL": f"redis://:secret@127.0.0.1:{free_port()}/0"}
+    done = _ping(env, "--timeout", "1")
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith("unhealthy: cannot reach the broker redis://:**@127.0.0.1:")
+    assert "secret" not in done.stderr
