@@ -38,8 +38,9 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
+# The secrets have no default: check with ./.env when there is one, else with .env.example.
 compose-check:
-	docker-compose -f docker-compose.yml config -q
+	docker-compose --env-file $(if $(wildcard .env),.env,.env.example) -f docker-compose.yml config -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis sagakit.db* out
