@@ -69,10 +69,20 @@ def test_up_refuses_a_password_file_others_can_read(tmp_path: Path) -> None:
     secret.chmod(0o644)
     message = _refused(_up(tmp_path))
     assert message == (
-        f"{secret} can be read by other users (mode 644): chmod 600 it, or delete it to have "
+        f"{secret} is open to other users (mode 644): chmod 600 it, or delete it to have "
         "a new password generated"
     )
     assert "s3cret-value" not in message
+
+
+def test_up_refuses_a_data_dir_it_cannot_create(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    message = _refused(_up(tmp_path, SAGAKIT_DATA_DIR=str(blocker / "data")))
+    assert message == (
+        f"cannot create the data directory {blocker / 'data'} (Not a directory): set "
+        "SAGAKIT_DATA_DIR to a directory you can write"
+    )
 
 
 def test_up_refuses_a_flower_password_flower_would_split(tmp_path: Path) -> None:

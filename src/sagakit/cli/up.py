@@ -35,6 +35,9 @@ from ..settings import Settings, load_settings
 from ..store import upgrade_database
 from ..system import System
 
+PASSWORD_FILE = "flower-password"
+FLOWER_DB = "flower.db"
+
 
 class StackError(SagaError):
     """The topology cannot start as configured."""
@@ -63,11 +66,7 @@ def _pump(name: str, stream: IO[bytes]) -> None:
         sys.stdout.flush()
 
 
-PASSWORD_FILE = "flower-password"
-FLOWER_DB = "flower.db"
-
-
-def plan(settings: Settings, system: System, concurrency: int, flower_password: str) -> list[Child]:
+def plan(settings: Settings, system: System, concurrency: int, password: str) -> list[Child]:
     """The processes to run, in start order."""
     sagakit = _bin("sagakit")
     queues = sorted(system.queues - {SAGAKIT_QUEUE})
@@ -105,7 +104,7 @@ def plan(settings: Settings, system: System, concurrency: int, flower_password: 
                 f"--db={settings.data_dir / FLOWER_DB}",
                 "--state-save-interval=60000",
             ],
-            env={"FLOWER_BASIC_AUTH": f"{settings.flower_user}:{flower_password}"},
+            env={"FLOWER_BASIC_AUTH": f"{settings.flower_user}:{password}"},
         )
     )
     return children
@@ -158,6 +157,17 @@ def _cannot_listen(host: str, port: int) -> OSError | None:
     return None
 
 
+def make_data_dir(settings: Settings) -> None:
+    """Create SAGAKIT_DATA_DIR (mode 0700) if it does not exist."""
+    try:
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StackError(
+            f"cannot create the data directory {settings.data_dir} ({exc.strerror}): set "
+            "SAGAKIT_DATA_DIR to a directory you can write"
+        ) from None
+
+
 def flower_password(settings: Settings) -> tuple[str, str]:
     """Flower's password, and where the user finds it (never the password itself).
 
@@ -191,7 +201,7 @@ def _stored_secret(path: Path) -> str:
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
             raise StackError(
-                f"{path} can be read by other users (mode {mode:o}): chmod 600 it, or delete "
+                f"{path} is open to other users (mode {mode:o}): chmod 600 it, or delete "
                 "it to have a new password generated"
             ) from None
         secret = path.read_text().strip()
@@ -277,7 +287,7 @@ def register(app: typer.Typer) -> None:
                 "events). Without services, `sagakit api` serves the embedded default."
             )
         check_ports(settings)
-        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_data_dir(settings)
         password, where = flower_password(settings)
         upgrade_database(settings.database_url)
         system = System(settings, migrate=False)
