@@ -6,6 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    SAGAKIT_DATA_DIR=/data/sagakit \
     SLAM_OUTPUT_DIR=/data/maps
 
 RUN groupadd --system --gid 10001 sagakit \
@@ -27,10 +28,12 @@ COPY src ./src
 RUN pip install --no-deps --force-reinstall . \
  && rm -rf src
 
-# The working directory (embedded SQLite default, ./out) and the SLAM maps are writable by the
-# app user; the installed code is not.
-RUN mkdir -p /data/maps \
- && chown sagakit:sagakit /app /data/maps
+# The working directory (embedded SQLite default, ./out), the SLAM maps and the data directory
+# (Flower's state; a volume in compose starts with this owner and mode) are writable by the app
+# user; the installed code is not.
+RUN mkdir -p /data/maps /data/sagakit \
+ && chown sagakit:sagakit /app /data/maps /data/sagakit \
+ && chmod 700 /data/sagakit
 
 USER sagakit
 

@@ -38,8 +38,9 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
+# The secrets have no default: check with ./.env when there is one, else with .env.example.
 compose-check:
-	docker-compose -f docker-compose.yml config -q
+	docker-compose --env-file $(if $(wildcard .env),.env,.env.example) -f docker-compose.yml config -q
 
 # Refresh the vendored Swagger UI behind /docs (needs npm): make swagger-ui VERSION=5.x.y
 swagger-ui:

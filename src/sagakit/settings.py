@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BROKER = "memory://localhost/"
+
+
+def default_data_dir() -> Path:
+    """``$XDG_STATE_HOME/sagakit``, or ``~/.local/state/sagakit``: per user, outside the project."""
+    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state_home) / "sagakit"
 
 
 class Settings(BaseSettings):
@@ -60,6 +67,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     flower_user: str = "admin"
     flower_password: str | None = None
+    """Flower's basic-auth password under ``sagakit up``; generated into the data dir if unset."""
+    data_dir: Path = Field(default_factory=default_data_dir)
+    """Where ``sagakit up`` keeps Flower's state file and its generated password (mode 0700)."""
 
     @field_validator("imports", mode="before")
     @classmethod

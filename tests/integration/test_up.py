@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import stat
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -34,6 +37,27 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
+def _flower_pid(marker: str) -> int:
+    flowers = [
+        pid
+        for pid in _processes_with(marker)
+        if b"\x00flower\x00" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(flowers) == 1, flowers
+    return flowers[0]
+
+
+def _flower_sees_workers(flower: str) -> bool:
+    try:
+        metrics = httpx.get(f"{flower}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return False
+    return any(
+        line.startswith("flower_worker_online{") and line.endswith(" 1.0")
+        for line in metrics.splitlines()
+    )
+
+
 def _ok(url: str, **kwargs: object) -> bool:
     try:
         return httpx.get(url, timeout=2, **kwargs).status_code == 200  # type: ignore[arg-type]
@@ -44,13 +68,13 @@ def _ok(url: str, **kwargs: object) -> bool:
 @pytest.fixture
 def stack(
     pg_databases: Callable[[], str], redis_url: str, tmp_path: Path
-) -> Iterator[dict[str, str]]:
+) -> Iterator[dict[str, Any]]:
     pg_url = pg_databases()  # a database of its own: a fresh fleet, exact counts
-    broker = redis_url.rsplit("/", 1)[0] + "/12"
+    broker = redis_url  # this session's Redis database, emptied for a stack of its own
     redis.Redis.from_url(broker).flushdb()
     marker = f"SAGAKIT_UP_TEST_{uuid.uuid4().hex}"
     env = {
-        **os.environ,
+        **{key: value for key, value in os.environ.items() if key != "SAGAKIT_FLOWER_PASSWORD"},
         marker: "1",
         "SAGAKIT_DATABASE_URL": pg_url,
         "SAGAKIT_BROKER_URL": broker,
@@ -58,7 +82,7 @@ def stack(
         "SAGAKIT_IMPORTS": "sagakit_examples.slam",
         "SAGAKIT_API_PORT": str(free_port()),
         "SAGAKIT_FLOWER_PORT": str(free_port()),
-        "SAGAKIT_FLOWER_PASSWORD": "flower-pw",
+        "SAGAKIT_DATA_DIR": str(tmp_path / "data"),  # Flower's password is generated there
         "SAGAKIT_API_TOKEN": "api-token",
         "SAGAKIT_SWEEP_INTERVAL": "0.3",
         "SLAM_DATABASE_URL": pg_url,
@@ -79,6 +103,8 @@ def stack(
             "marker": marker,
             "log": str(tmp_path / "up.log"),
             "pid": str(proc.pid),
+            "data": env["SAGAKIT_DATA_DIR"],
+            "env": env,
         }
     finally:
         if proc.poll() is None:
@@ -92,10 +118,13 @@ def stack(
             os.kill(pid, signal.SIGKILL)
 
 
-def test_up_serves_missions_over_http_and_stops_cleanly(stack: dict[str, str]) -> None:
+def test_up_serves_missions_over_http_and_stops_cleanly(stack: dict[str, Any]) -> None:
     api = httpx.Client(
         base_url=stack["api"], timeout=10, headers={"Authorization": "Bearer api-token"}
     )
+    # Flower names a task from its first event: start once it receives events (worker
+    # heartbeats, on its unauthenticated metrics page).
+    wait_for(lambda: _flower_sees_workers(stack["flower"]), 60, "Flower to receive events")
     expected: dict[str, str] = {}
     for i in range(MISSIONS):
         fail_at = {1: "explore", 3: "integrate_maps"}.get(i % 4)
@@ -158,19 +187,88 @@ def test_up_serves_missions_over_http_and_stops_cleanly(stack: dict[str, str]) -
 
     flower = stack["flower"]
     wait_for(lambda: _ok(f"{flower}/healthcheck"), 30, "Flower")
+    password = _generated_flower_password(stack)
     assert httpx.get(f"{flower}/api/tasks", timeout=5).status_code == 401
+    wrong = httpx.get(f"{flower}/api/tasks", auth=("admin", password + "x"), timeout=5)
+    assert wrong.status_code == 401
     tasks = httpx.get(
-        f"{flower}/api/tasks", params={"search": followed}, auth=("admin", "flower-pw"), timeout=10
+        f"{flower}/api/tasks", params={"search": followed}, auth=("admin", password), timeout=10
     ).json()
     assert tasks, "Flower should list the saga's tasks"
     assert all(task_id.startswith(f"{followed}.") for task_id in tasks)
     assert {t["name"] for t in tasks.values()} >= {"robots.allocate", "robots.release"}
+    _flower_knows_the_step_tasks(stack)
+    flower_argv = Path(f"/proc/{_flower_pid(stack['marker'])}/cmdline").read_bytes().split(b"\0")
 
     os.kill(int(stack["pid"]), signal.SIGINT)
     wait_for(lambda: not _processes_with(stack["marker"]), 60, "every process to stop")
+    _flower_remembers_after_a_restart(stack, flower_argv[:-1], password, followed)
 
 
-def test_a_process_that_dies_stops_the_stack_loudly(stack: dict[str, str]) -> None:
+def _generated_flower_password(stack: dict[str, Any]) -> str:
+    """The generated password: in a file only its owner reads, and nowhere in sight."""
+    data = Path(stack["data"])
+    path = data / "flower-password"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    password = path.read_text().strip()
+    assert len(password) >= 16
+    log = Path(stack["log"]).read_text()
+    assert f"(user 'admin', password in {path})" in log
+    assert password not in log
+    for pid in _processes_with(stack["marker"]):
+        assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes(), pid
+    listing = subprocess.run(
+        ["ps", "-e", "-ww", "-o", "pid=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    flower = str(_flower_pid(stack["marker"]))
+    assert any(line.split(None, 1)[0] == flower for line in listing.splitlines())
+    assert password not in listing
+    return password
+
+
+def _flower_knows_the_step_tasks(stack: dict[str, Any]) -> None:
+    """Flower runs with the app: its registered tasks are the SLAM steps, not only celery.*."""
+    flower_lines = [
+        line.partition("|")[2]
+        for line in Path(stack["log"]).read_text().splitlines()
+        if line.startswith("flower ")
+    ]
+    registered = "\n".join(flower_lines).partition("Registered tasks:")[2]
+    assert "'robots.allocate'" in registered, "\n".join(flower_lines[-40:])
+    assert "'mapping.integrate'" in registered
+
+
+def _flower_remembers_after_a_restart(
+    stack: dict[str, Any], argv: list[bytes], password: str, saga_id: str
+) -> None:
+    """The state file outlives a clean stop, and the same Flower command starts from it."""
+    data = Path(stack["data"])
+    assert list(data.glob("flower.db*")), sorted(p.name for p in data.iterdir())
+    env = {**stack["env"], "FLOWER_BASIC_AUTH": f"admin:{password}"}
+    restarted = subprocess.Popen(
+        [arg.decode() for arg in argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: _ok(f"{stack['flower']}/healthcheck"), 60, "Flower to start again")
+        tasks = httpx.get(
+            f"{stack['flower']}/api/tasks",
+            params={"search": saga_id},
+            auth=("admin", password),
+            timeout=10,
+        ).json()
+        assert {t["name"] for t in tasks.values()} >= {"robots.allocate", "robots.release"}
+    finally:
+        os.killpg(restarted.pid, signal.SIGTERM)
+        restarted.wait(30)
+
+
+def test_a_process_that_dies_stops_the_stack_loudly(stack: dict[str, Any]) -> None:
     up = int(stack["pid"])
     workers = [
         pid
@@ -190,3 +288,37 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+@pytest.mark.parametrize(
+    ("setting", "what"), [("SAGAKIT_API_PORT", "the API"), ("SAGAKIT_FLOWER_PORT", "Flower")]
+)
+def test_up_refuses_a_port_in_use_before_starting_anything(
+    setting: str, what: str, pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    marker = f"SAGAKIT_UP_TEST_{uuid.uuid4().hex}"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {
+            **os.environ,
+            marker: "1",
+            "SAGAKIT_DATABASE_URL": pg_url,
+            "SAGAKIT_BROKER_URL": redis_url,
+            "SAGAKIT_API_PORT": str(free_port()),
+            "SAGAKIT_FLOWER_PORT": str(free_port()),
+            "SAGAKIT_DATA_DIR": str(tmp_path / "data"),
+            setting: str(port),  # held by another program's listening socket
+        }
+        done = subprocess.run(
+            [SAGAKIT, "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == (
+        f"error: port {port} on 127.0.0.1 is already in use, so {what} cannot listen there: "
+        f"stop what holds it, or set {setting} to a free port\n"
+    )
+    assert not _processes_with(marker)  # nothing was started
+    assert not (tmp_path / "data").exists()

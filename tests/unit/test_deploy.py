@@ -61,6 +61,7 @@ DISTINCT_ENV = {
 }
 PLACEHOLDER = re.compile(r"^$|change-?me|placeholder|example|<[^>]*>", re.IGNORECASE)
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|_KEY$", re.IGNORECASE)
+SECRETS = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "SAGAKIT_API_TOKEN", "SAGAKIT_FLOWER_PASSWORD"}
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -151,6 +152,14 @@ def _queues(command: list[str]) -> set[str]:
     return set()
 
 
+def _seconds(duration: str) -> float:
+    """A compose duration such as 20s, 1m or 1m30s, in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
 def _sagakit_cli() -> Any:
     """The `sagakit` command group (typer's own click-compatible group)."""
     import typer
@@ -206,9 +215,9 @@ def no_env_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def config(no_env_file: Path) -> dict[str, Any]:
-    """The compose file rendered with no .env (every variable at its default)."""
-    return _render(no_env_file)
+def config() -> dict[str, Any]:
+    """The compose file rendered with .env.example copied to .env."""
+    return _render(ENV_EXAMPLE)
 
 
 @pytest.fixture(scope="module")
@@ -232,9 +241,22 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
 # -- the compose file ----------------------------------------------------------------------
 
 
-def test_compose_file_is_valid_without_an_env_file(no_env_file: Path) -> None:
+def test_compose_file_without_an_env_file_fails_naming_a_secret(no_env_file: Path) -> None:
     done = _run_compose(no_env_file, "config", "-q")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode != 0
+    named = [name for name in SECRETS if f"{name} is not set" in done.stderr]
+    assert len(named) == 1, done.stderr
+    assert "copy .env.example to .env" in done.stderr
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_compose_file_names_each_missing_secret(missing: str, tmp_path: Path) -> None:
+    env_file = tmp_path / "partial.env"
+    kept = {key: value for key, value in _env_example().items() if key != missing}
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in kept.items()))
+    done = _run_compose(env_file, "config", "-q")
+    assert done.returncode != 0
+    assert f"{missing} is not set: copy .env.example to .env and set it" in done.stderr
 
 
 def test_compose_file_is_valid_with_the_example_env_file() -> None:
@@ -284,7 +306,7 @@ def test_redis_requires_a_password_and_persists(config: dict[str, Any]) -> None:
 def test_db_and_redis_have_healthchecks(config: dict[str, Any]) -> None:
     services = config["services"]
     assert "pg_isready" in " ".join(services["db"]["healthcheck"]["test"])
-    for name in ("redis", "db", "api", "flower"):
+    for name in ("redis", "db", "api", "flower", *WORKERS):
         healthcheck = services[name].get("healthcheck")
         assert healthcheck and healthcheck.get("test"), name
         assert not healthcheck.get("disable"), name
@@ -297,21 +319,35 @@ def test_named_volumes(config: dict[str, Any]) -> None:
     volumes = set(config.get("volumes") or {})
     redis_data = _volume_sources(services["redis"]).get("/data")
     pg_data = _volume_sources(services["db"]).get("/var/lib/postgresql/data")
+    flower_data = _volume_sources(services["flower"]).get("/data/sagakit")
     assert redis_data in volumes
     assert pg_data in volumes
-    assert redis_data != pg_data
+    assert flower_data in volumes
+    assert len({redis_data, pg_data, flower_data}) == 3
 
 
-def test_flower_runs_with_basic_auth(config: dict[str, Any]) -> None:
-    command = _command(config["services"]["flower"])
-    auth = [arg for arg in command if arg.startswith("--basic-auth=")]
-    assert len(auth) == 1
-    user, sep, password = auth[0].partition("=")[2].partition(":")
-    assert user and sep and password
-    raw = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["flower"]["command"]
-    raw_text = raw if isinstance(raw, str) else " ".join(raw)
-    assert "${SAGAKIT_FLOWER_USER" in raw_text
-    assert "${SAGAKIT_FLOWER_PASSWORD" in raw_text
+def test_flower_gets_basic_auth_through_its_environment(distinct_config: dict[str, Any]) -> None:
+    services = distinct_config["services"]
+    flower = services["flower"]
+    user, password = DISTINCT_ENV["SAGAKIT_FLOWER_USER"], DISTINCT_ENV["SAGAKIT_FLOWER_PASSWORD"]
+    assert _environment(flower)["FLOWER_BASIC_AUTH"] == f"{user}:{password}"
+    command = " ".join(_command(flower))
+    assert "basic-auth" not in command
+    for secret in SECRETS:  # the command line is visible to every user of the host (ps)
+        assert DISTINCT_ENV[secret] not in command, secret
+    for name, service in services.items():  # only Flower knows its password
+        if name != "flower":
+            assert password not in " ".join(_environment(service).values()), name
+
+
+def test_flower_keeps_its_state_in_a_volume(config: dict[str, Any]) -> None:
+    flower = config["services"]["flower"]
+    command = _command(flower)
+    assert "--persistent=True" in command
+    db = next(arg.partition("=")[2] for arg in command if arg.startswith("--db="))
+    state_dir = str(Path(db).parent)
+    assert _volume_sources(flower).get(state_dir) in (config.get("volumes") or {})
+    assert _environment(flower)["SAGAKIT_DATA_DIR"] == state_dir
 
 
 def test_published_ports(config: dict[str, Any]) -> None:
@@ -366,15 +402,40 @@ def test_flower_command_is_a_real_celery_command(config: dict[str, Any]) -> None
     split = command.index("flower")
     celery_args, flower_args = command[1:split], command[split + 1 :]
     assert "flower" in celery.commands  # the plugin celery finds through its entry point
-    celery_known = {opt for param in celery.params for opt in param.opts}
-    for arg in celery_args:
-        assert arg.partition("=")[0] in celery_known, f"celery has no {arg}"
-    assert any(arg.startswith("--broker=redis://") for arg in celery_args)
+    assert celery_args == ["-A", "sagakit.celery_app"]  # the broker comes from the settings
+    assert "-A" in {opt for param in celery.params for opt in param.opts}
     for arg in flower_args:
         assert arg.startswith("--"), f"flower takes --name=value options: {arg}"
         name = arg[2:].partition("=")[0]
         assert name in flower_options, f"flower has no --{name}"
     assert "--port=5555" in flower_args
+
+
+def test_flower_app_module_gives_the_broker_and_the_step_tasks(
+    distinct_config: dict[str, Any],
+) -> None:
+    """`celery -A sagakit.celery_app` finds an app built from the service's environment."""
+    import sys
+
+    flower = distinct_config["services"]["flower"]
+    env = {**os.environ, **_environment(flower), "PYTHONPATH": str(ROOT)}
+    probe = (
+        "from celery.app.utils import find_app; app = find_app('sagakit.celery_app'); "
+        "print(app.conf.broker_url); print(' '.join(sorted(app.tasks)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    broker, tasks = done.stdout.splitlines()[-2:]
+    assert broker == _environment(flower)["SAGAKIT_BROKER_URL"]
+    assert {"robots.allocate", "mapping.integrate", "sagakit.record_outcome"} <= set(tasks.split())
 
 
 def test_flower_healthcheck_path_needs_no_auth() -> None:
@@ -419,14 +480,38 @@ def test_worker_queues_are_saga_queues(config: dict[str, Any]) -> None:
     assert {"robots", "planning", "exploration", "mapping"} <= sagas["slam"].queues
 
 
+def test_every_worker_is_healthy_only_while_it_answers_a_ping(config: dict[str, Any]) -> None:
+    group = _sagakit_cli()
+    names = set()
+    for name in sorted(WORKERS):
+        service = config["services"][name]
+        healthcheck = service["healthcheck"]
+        test = healthcheck["test"]
+        assert test[0] == "CMD", name  # exec form: sagakit's exit status is the verdict
+        assert test[1:3] == ["sagakit", "ping"], name
+        ping = group.commands["ping"].make_context("ping", list(test[3:]))
+        worker = group.commands["worker"].make_context("worker", _command(service)[2:])
+        # The same node name, expanded the same way in the same container.
+        assert ping.params["hostname"] is not None, name
+        assert ping.params["hostname"] == worker.params["hostname"], name
+        names.add(ping.params["hostname"])
+        # The broker connection and the reply each get the ping's timeout: both fit in docker's.
+        assert 2 * ping.params["timeout"] < _seconds(healthcheck["timeout"]), name
+        assert _seconds(healthcheck["start_period"]) >= 30, name
+    assert len(names) == len(WORKERS)
+
+
 # -- settings ------------------------------------------------------------------------------
 
 
 def test_app_services_share_one_environment(distinct_config: dict[str, Any]) -> None:
     services = distinct_config["services"]
-    envs = [_environment(services[name]) for name in sorted(APP_SERVICES)]
-    assert all(env == envs[0] for env in envs)
-    assert envs[0]["SAGAKIT_IMPORTS"] == "sagakit_examples.slam"
+    envs = {name: _environment(services[name]) for name in sorted(APP_SERVICES)}
+    flower_only = {key for key in envs["flower"] if key.startswith("FLOWER_")}
+    assert flower_only == {"FLOWER_BASIC_AUTH"}
+    shared = {key: value for key, value in envs["flower"].items() if key not in flower_only}
+    assert all(env == shared for name, env in envs.items() if name != "flower")
+    assert shared["SAGAKIT_IMPORTS"] == "sagakit_examples.slam"
 
 
 def test_compose_environment_configures_postgres_and_redis(
@@ -459,11 +544,7 @@ def test_compose_environment_configures_postgres_and_redis(
 
     assert settings.api_token == DISTINCT_ENV["SAGAKIT_API_TOKEN"]
     assert settings.imports == ["sagakit_examples.slam"]
-    assert settings.flower_user == DISTINCT_ENV["SAGAKIT_FLOWER_USER"]
-    assert settings.flower_password == DISTINCT_ENV["SAGAKIT_FLOWER_PASSWORD"]
-    flower = _command(services["flower"])
-    assert f"--broker={settings.broker_url}" in flower
-    assert f"--basic-auth={settings.flower_user}:{settings.flower_password}" in flower
+    assert str(settings.data_dir) == "/data/sagakit"
 
 
 @pytest.mark.parametrize("env_file", ["distinct", "none"])
@@ -524,11 +605,13 @@ def test_env_example_holds_no_real_secret() -> None:
     assert "SAGAKIT_API_TOKEN" in text and ".env" in text
 
 
-def test_compose_defaults_hold_no_real_secret() -> None:
-    defaults = re.findall(r"\$\{([A-Za-z0-9_]+):?-([^}]*)\}", COMPOSE_FILE.read_text())
-    for name, default in defaults:
-        if SECRET_NAME.search(name):
-            assert PLACEHOLDER.search(default), f"compose default of {name} looks real"
+def test_no_secret_has_a_default() -> None:
+    uses = re.findall(r"\$\{([A-Za-z0-9_]+)([^}]*)\}", COMPOSE_FILE.read_text())
+    secrets = {name for name, _ in uses if SECRET_NAME.search(name)}
+    assert secrets == SECRETS
+    for name, rest in uses:
+        if name in SECRETS:
+            assert rest == f":?{name} is not set: copy .env.example to .env and set it", name
 
 
 def test_real_env_file_stays_out_of_git_and_the_image() -> None:
@@ -548,6 +631,16 @@ def test_dockerfile_base_image_is_python_311_slim() -> None:
     )
     assert match, f"base image {bases[-1]} is not a python slim image"
     assert int(match.group(1)) >= 11
+
+
+def test_dockerfile_gives_the_app_user_a_private_data_dir() -> None:
+    instructions = _dockerfile_instructions()
+    env = " ".join(args for keyword, args in instructions if keyword == "ENV")
+    assert "SAGAKIT_DATA_DIR=/data/sagakit" in env
+    runs = " ".join(args for keyword, args in instructions if keyword == "RUN")
+    assert re.search(r"mkdir -p [^&]*/data/sagakit", runs)
+    assert re.search(r"chown sagakit:sagakit [^&]*/data/sagakit", runs)
+    assert "chmod 700 /data/sagakit" in runs
 
 
 def test_dockerfile_runs_as_non_root() -> None:

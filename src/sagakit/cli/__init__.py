@@ -24,13 +24,14 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from . import bench, demo, processes, sagas, up
+    from . import bench, demo, ping, processes, sagas, up
 
     sagas.register(app)
     processes.register(app)
     demo.register(app)
     bench.register(app)
     up.register(app)
+    ping.register(app)
     # Modules named by SAGAKIT_IMPORTS may add commands (e.g. `sagakit robots`).
     try:
         modules = load_settings().imports

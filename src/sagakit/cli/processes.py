@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import typer
 from celery import signals
-from celery.utils.nodenames import default_nodename, host_format
 
 from ..engine import utcnow
 from ..logs import configure_logging
@@ -17,6 +16,7 @@ from ..runtime.worker import SweeperThread
 from ..settings import load_settings
 from ..store import upgrade_database
 from ..system import System, install_worker_logging
+from .worker_options import WorkerOptions, check_log_level, check_node_name
 
 
 def register(app: typer.Typer) -> None:
@@ -37,10 +37,67 @@ def register(app: typer.Typer) -> None:
                 "--queues", "-Q", help="Comma-separated queues (default: every saga queue)."
             ),
         ] = None,
-        concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 2,
-        pool: Annotated[str, typer.Option(help="prefork, threads or solo.")] = "prefork",
-        hostname: Annotated[str | None, typer.Option("--hostname", "-n")] = None,
+        concurrency: Annotated[
+            str,
+            typer.Option(
+                "--concurrency",
+                "-c",
+                metavar="N",
+                help="Pool processes or threads; 0 for one per CPU, 'auto' for the CPU quota.",
+            ),
+        ] = "2",
+        pool: Annotated[
+            str,
+            typer.Option("--pool", "-P", metavar="POOL", help="prefork, threads, solo, ..."),
+        ] = "prefork",
+        autoscale: Annotated[
+            str | None,
+            typer.Option(metavar="MAX[,MIN]", help="Grow the pool up to MAX, shrink it to MIN."),
+        ] = None,
+        hostname: Annotated[
+            str | None,
+            typer.Option(
+                "--hostname",
+                "-n",
+                metavar="NAME",
+                help="Node name, e.g. robots@%h (%h, %n, %d expand; default celery@%h).",
+            ),
+        ] = None,
+        loglevel: Annotated[
+            str | None,
+            typer.Option(
+                "--loglevel",
+                "-l",
+                metavar="LEVEL",
+                help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default: SAGAKIT_LOG_LEVEL).",
+            ),
+        ] = None,
+        max_tasks_per_child: Annotated[
+            str | None,
+            typer.Option(metavar="N", help="Replace a pool process after N tasks."),
+        ] = None,
+        max_memory_per_child: Annotated[
+            str | None,
+            typer.Option(
+                metavar="KIB",
+                help="Replace a pool process once a task leaves it above KIB resident memory.",
+            ),
+        ] = None,
         sweeper: Annotated[bool, typer.Option(help="Run the sweeper in this worker.")] = True,
+        gossip: Annotated[
+            bool,
+            typer.Option(
+                "--with-gossip/--without-gossip",
+                help="Celery's gossip between workers (sagakit's heartbeats serve instead).",
+            ),
+        ] = False,
+        mingle: Annotated[
+            bool,
+            typer.Option(
+                "--with-mingle/--without-mingle",
+                help="Celery's start-up synchronisation with the other workers.",
+            ),
+        ] = False,
         task_events: Annotated[
             bool,
             typer.Option(
@@ -51,7 +108,18 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Run a Celery worker for saga steps (with the sweeper)."""
-        settings = load_settings()
+        options = WorkerOptions.parse(
+            concurrency=concurrency,
+            pool=pool,
+            autoscale=autoscale,
+            max_tasks_per_child=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child,
+            gossip=gossip,
+            mingle=mingle,
+        )
+        node = check_node_name(hostname)  # %h, %n and %d expand as the celery command does
+        overrides = {"log_level": check_log_level(loglevel)} if loglevel else {}
+        settings = load_settings(**overrides)
         install_worker_logging(settings)
         configure_logging(settings.log_level, settings.log_format)
         system = System(settings)
@@ -80,19 +148,13 @@ def register(app: typer.Typer) -> None:
 
         signals.worker_ready.connect(start_sweeper, weak=False)
         signals.worker_shutdown.connect(stop_sweeper, weak=False)
-        # Expand %h, %n and %d as the celery command does (and default to celery@host).
-        node = host_format(default_nodename(hostname))
         system.celery.Worker(
             queues=selected,
-            concurrency=concurrency,
-            pool=pool,
             hostname=node,
             loglevel=settings.log_level,
             redirect_stdouts=False,
-            # sagakit's own heartbeats tell which workers are alive and what they hold.
-            without_gossip=True,
-            without_mingle=True,
             task_events=task_events,
+            **options.worker_kwargs(),
         ).start()
 
 

@@ -2,21 +2,28 @@
 
 Migrations, one worker per service queue (plus sagakit's own queue), the API and Flower.
 Ctrl-C stops them all; a process that dies is reported and the whole stack stops with it:
-nothing is restarted silently.
+nothing is restarted silently. The API and Flower ports are checked before anything starts,
+so a second stack cannot mistake the first one's API for its own.
+
+Flower gets its basic-auth credentials through its environment (``FLOWER_BASIC_AUTH``), never
+on its command line, which every user of the machine can read; a generated password is kept
+in a file only its owner can read, under the data directory, with Flower's state file.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Annotated
 
@@ -27,6 +34,9 @@ from ..runtime.app import SAGAKIT_QUEUE
 from ..settings import Settings, load_settings
 from ..store import upgrade_database
 from ..system import System
+
+PASSWORD_FILE = "flower-password"
+FLOWER_DB = "flower.db"
 
 
 class StackError(SagaError):
@@ -39,6 +49,8 @@ class Child:
 
     name: str
     argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    """Variables added to this process's environment only."""
     proc: subprocess.Popen[bytes] | None = None
 
 
@@ -91,16 +103,126 @@ def plan(settings: Settings, system: System, concurrency: int, password: str) ->
         Child(
             "flower",
             [
+                # With the app, Flower knows the step tasks (and the broker from the settings).
                 _bin("celery"),
-                f"--broker={settings.broker_url}",
+                "-A",
+                "sagakit.celery_app",
                 "flower",
                 f"--address={settings.api_host}",
                 f"--port={settings.flower_port}",
-                f"--basic-auth={settings.flower_user}:{password}",
+                # Tasks and workers seen survive a restart; saved every minute and on stop.
+                "--persistent=True",
+                f"--db={settings.data_dir / FLOWER_DB}",
+                "--state-save-interval=60000",
             ],
+            env={"FLOWER_BASIC_AUTH": f"{settings.flower_user}:{password}"},
         )
     )
     return children
+
+
+def check_ports(settings: Settings) -> None:
+    """Refuse to start when the API's or Flower's port cannot be listened on."""
+    if settings.api_port == settings.flower_port:
+        raise StackError(
+            f"SAGAKIT_API_PORT and SAGAKIT_FLOWER_PORT are both {settings.api_port}: "
+            "give Flower a port of its own"
+        )
+    for what, port, setting in (
+        ("the API", settings.api_port, "SAGAKIT_API_PORT"),
+        ("Flower", settings.flower_port, "SAGAKIT_FLOWER_PORT"),
+    ):
+        problem = _cannot_listen(settings.api_host, port)
+        if problem is None:
+            continue
+        if problem.errno == errno.EADDRINUSE:
+            raise StackError(
+                f"port {port} on {settings.api_host} is already in use, so {what} cannot "
+                f"listen there: stop what holds it, or set {setting} to a free port"
+            )
+        raise StackError(
+            f"{what} cannot listen on {settings.api_host} port {port} ({problem.strerror}): "
+            f"set {setting} to another port or SAGAKIT_API_HOST to an address of this machine"
+        )
+
+
+def _cannot_listen(host: str, port: int) -> OSError | None:
+    """Why a server could not bind `host`:`port` now (binding as uvicorn and tornado do)."""
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        return OSError(exc.errno, exc.strerror)
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            # SO_REUSEADDR as the servers set it: a port held only by connections closing
+            # after an earlier stack is free, one with a listening socket is not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                return exc
+    return None
+
+
+def make_data_dir(settings: Settings) -> None:
+    """Create SAGAKIT_DATA_DIR (mode 0700) if it does not exist."""
+    try:
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StackError(
+            f"cannot create the data directory {settings.data_dir} ({exc.strerror}): set "
+            "SAGAKIT_DATA_DIR to a directory you can write"
+        ) from None
+
+
+def flower_password(settings: Settings) -> tuple[str, str]:
+    """Flower's password, and where the user finds it (never the password itself).
+
+    SAGAKIT_FLOWER_PASSWORD when set; otherwise the one in ``<data dir>/flower-password``,
+    generated there (mode 0600) on first use, so it stays the same from one run to the next.
+    """
+    if ":" in settings.flower_user or "," in settings.flower_user:
+        raise StackError("SAGAKIT_FLOWER_USER must not contain ':' or ','")
+    if settings.flower_password:
+        if "," in settings.flower_password:
+            raise StackError(
+                "SAGAKIT_FLOWER_PASSWORD must not contain ',' (Flower splits its credentials "
+                "on commas)"
+            )
+        return settings.flower_password, "from SAGAKIT_FLOWER_PASSWORD"
+    path = settings.data_dir / PASSWORD_FILE
+    try:
+        return _stored_secret(path), f"in {path}"
+    except OSError as exc:
+        raise StackError(
+            f"cannot keep Flower's password in {path} ({exc.strerror}): set SAGAKIT_DATA_DIR "
+            "to a writable directory, or SAGAKIT_FLOWER_PASSWORD"
+        ) from None
+
+
+def _stored_secret(path: Path) -> str:
+    """The secret in `path`, made (readable by its owner only) if there is none yet."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise StackError(
+                f"{path} is open to other users (mode {mode:o}): chmod 600 it, or delete "
+                "it to have a new password generated"
+            ) from None
+        secret = path.read_text().strip()
+        if secret:
+            return secret
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    secret = secrets.token_urlsafe(18)
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
+    return secret
 
 
 def _stop(children: list[Child], timeout: float = 20.0) -> None:
@@ -116,6 +238,15 @@ def _stop(children: list[Child], timeout: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(child.proc.pid, signal.SIGKILL)
             child.proc.wait(5)
+
+
+def _check_alive(children: list[Child]) -> None:
+    dead = [c for c in children if c.proc is not None and c.proc.poll() is not None]
+    if dead:
+        codes = ", ".join(
+            f"{c.name} exited with {c.proc.returncode}" for c in dead if c.proc is not None
+        )
+        raise StackError(f"{codes}; stopping the stack (nothing is restarted)")
 
 
 def _healthy(url: str) -> bool:
@@ -153,7 +284,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def up(
         concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 2,
-        ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for the API.")] = 60,
+        ready_timeout: Annotated[
+            float, typer.Option(help="Seconds to wait for the API and Flower.")
+        ] = 60,
     ) -> None:
         """Run migrations, a worker per queue, the API and Flower; Ctrl-C stops them all."""
         settings = load_settings()
@@ -164,19 +297,20 @@ def register(app: typer.Typer) -> None:
                 "SAGAKIT_BROKER_URL=redis://HOST:6379/0 (and SAGAKIT_REDIS_URL for live "
                 "events). Without services, `sagakit api` serves the embedded default."
             )
+        check_ports(settings)
+        make_data_dir(settings)
+        password, where = flower_password(settings)
         upgrade_database(settings.database_url)
         system = System(settings, migrate=False)
-        password = settings.flower_password or secrets.token_urlsafe(12)
         children = plan(settings, system, concurrency, password)
         stopping = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stopping.set())
-        env = {**os.environ, "SAGAKIT_FLOWER_PASSWORD": password}
         try:
             for child in children:
                 child.proc = subprocess.Popen(
                     child.argv,
-                    env=env,
+                    env={**os.environ, **child.env},
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
@@ -186,31 +320,24 @@ def register(app: typer.Typer) -> None:
                     target=_pump, args=(child.name, child.proc.stdout), daemon=True
                 ).start()
             base = f"http://{settings.api_host}:{settings.api_port}"
+            flower = f"http://{settings.api_host}:{settings.flower_port}"
             deadline = time.monotonic() + ready_timeout
-            while not _healthy(f"{base}/healthz") and not stopping.is_set():
-                if time.monotonic() > deadline:
-                    raise StackError(f"the API did not become healthy within {ready_timeout}s")
-                time.sleep(0.2)
+            for what, url in (("the API", f"{base}/healthz"), ("Flower", f"{flower}/healthcheck")):
+                while not _healthy(url) and not stopping.is_set():
+                    _check_alive(children)
+                    if time.monotonic() > deadline:
+                        raise StackError(f"{what} did not become healthy within {ready_timeout}s")
+                    time.sleep(0.2)
             typer.echo(
                 f"\nsagakit is up:\n  API docs   {base}/docs\n  API        {base}/api/sagas\n"
                 f"  metrics    {base}/metrics\n"
-                f"  Flower     http://{settings.api_host}:{settings.flower_port} "
-                f"(user {settings.flower_user!r}"
-                + ("" if settings.flower_password else f", password {password!r}")
-                + ")\n"
+                f"  Flower     {flower} (user {settings.flower_user!r}, password {where})\n"
                 f"  workers    {', '.join(c.name for c in children if c.name.startswith('w'))}"
                 "\nCtrl-C stops everything.",
                 err=False,
             )
             while not stopping.wait(0.5):
-                dead = [c for c in children if c.proc is not None and c.proc.poll() is not None]
-                if dead:
-                    codes = ", ".join(
-                        f"{c.name} exited with {c.proc.returncode}"
-                        for c in dead
-                        if c.proc is not None
-                    )
-                    raise StackError(f"{codes}; stopping the stack (nothing is restarted)")
+                _check_alive(children)
         finally:
             typer.echo("stopping sagakit ...")
             _stop(children)
