@@ -22,10 +22,10 @@ from .core.events import (
     CompensationFailed,
     CompensationSucceeded,
     Decision,
+    Direction,
     Event,
     Outcome,
     RetryRequested,
-    RunTask,
     SagaStarted,
     StepFailed,
     StepSucceeded,
@@ -193,11 +193,14 @@ class Engine:
         self._after_commit(messages.values(), rows, now)
         return decision
 
-    def send(self, messages: Sequence[OutboxMessage]) -> int:
-        """Send messages whose rows are marked sent; mark back those the broker refused."""
-        if self.dispatcher is None or not messages:
+    def send(self, messages: Sequence[OutboxMessage], entries: Sequence[Entry] = ()) -> int:
+        """Send messages whose rows are marked sent; mark back those the broker refused.
+
+        `entries` are published with them when the dispatcher publishes events too.
+        """
+        if self.dispatcher is None or not (messages or entries):
             return 0
-        refused = self.dispatcher.send(messages)
+        refused = self.dispatcher.send(messages, entries)
         if refused:
             logger.warning(
                 "broker did not take %d messages; the sweeper will send them",
@@ -216,43 +219,51 @@ class Engine:
         now: datetime,
         input: Mapping[str, Any] | None = None,
     ) -> dict[str, OutboxMessage]:
+        state = decision.state
         return {
-            c.step: self._message(saga, decision.state, c, now, input) for c in decision.commands
+            c.step: self.message(
+                saga,
+                state.saga_id,
+                c.step,
+                c.direction,
+                c.attempt,
+                c.item,
+                task_id(state.saga_id, c.position, c.step, c.direction, c.attempt),
+                now + timedelta(seconds=c.delay),
+                input,
+            )
+            for c in decision.commands
         }
 
-    def _message(
+    def message(
         self,
         saga: Saga,
-        state: SagaState,
-        command: RunTask,
-        now: datetime,
-        input: Mapping[str, Any] | None,
+        saga_id: str,
+        step: str,
+        direction: Direction,
+        attempt: int,
+        item: Any,
+        task: str,
+        not_before: datetime,
+        input: Mapping[str, Any] | None = None,
     ) -> OutboxMessage:
+        """The message of one attempt (the engine's first send, and the sweeper's re-sends)."""
         kwargs: StepKwargs = {
-            "saga_id": state.saga_id,
-            "saga_type": state.saga_type,
-            "step": command.step,
-            "attempt": command.attempt,
-            "direction": command.direction,
+            "saga_id": saga_id,
+            "saga_type": saga.name,
+            "step": step,
+            "attempt": attempt,
+            "direction": direction,
         }
-        if command.item is not None:
-            kwargs["item"] = command.item
-        reads = saga.step(command.step).reads
-        if reads:
-            self._embed(kwargs, reads, input)
-        soft = command.timeout
-        hard = None if soft is None else soft + 2 * self.timeout_grace
+        if item is not None:
+            kwargs["item"] = item
+        definition = saga.step(step)
+        if definition.reads:
+            self._embed(kwargs, definition.reads, input)
+        name = definition.action if direction == "action" else definition.compensation
+        assert name is not None
         return OutboxMessage(
-            state.saga_id,
-            task_id(
-                state.saga_id, command.position, command.step, command.direction, command.attempt
-            ),
-            command.task,
-            command.queue,
-            kwargs,
-            hard,
-            soft,
-            now + timedelta(seconds=command.delay),
+            saga_id, task, name, definition.queue, kwargs, definition.timeout, not_before
         )
 
     def _embed(
@@ -268,7 +279,11 @@ class Engine:
             kwargs["results"] = {n: v for n, v in stored.items() if n.split("[", 1)[0] in names}
 
     def _after_commit(self, messages: Any, rows: Sequence[Entry], now: datetime) -> None:
-        self.send([m for m in messages if m.not_before <= now])
+        due = [m for m in messages if m.not_before <= now]
+        if self.dispatcher is not None and self.dispatcher.publishes_events:
+            self.send(due, rows)  # one round trip for both
+            return
+        self.send(due)
         if rows and self.events is not None:
             try:
                 self.events.publish(rows)

@@ -1,10 +1,11 @@
 """The transition history's vocabulary: the entries a decision writes, and back to events.
 
-Every accepted event is one entry named after it (`EVENT_NAMES`), followed by one entry per
-message it scheduled and, when the saga's status changed, one ``saga_<status>`` entry. An
-outcome's entry carries the attempt's task id, worker, start time, error and traceback:
-the history is where an attempt's story is kept, once. Folding the event entries back
-through the state machine (`event_of` + `core.ledger.replay`) gives the stored state.
+Every accepted event is one entry named after it (`EVENT_NAMES`), listing in its detail the
+attempts it scheduled (``scheduled``), followed, when the saga's status changed, by one
+``saga_<status>`` entry. An outcome's entry carries the attempt's task id, worker, start
+time, error and traceback: the history is where an attempt's story is kept, once. Folding
+the event entries back through the state machine (`event_of` + `core.ledger.replay`) gives
+the stored state.
 docs/events.md lists every entry.
 """
 
@@ -108,6 +109,21 @@ def entries(
             detail["traceback"] = attempt.traceback
         if attempt.output is not None:
             detail["output"] = attempt.output
+    if decision.commands:
+        # What the decision sent, kept with the event that caused it (one entry per
+        # transition): each attempt's schedule, and with `delay` its backoff.
+        detail["scheduled"] = [
+            {
+                "step": command.step,
+                "direction": command.direction,
+                "attempt": command.attempt,
+                "task_id": message.task_id,
+                "task": command.task,
+                "queue": command.queue,
+                "delay": round(command.delay, 3),
+            }
+            for command, message in zip(decision.commands, messages, strict=True)
+        ]
     step, number = _subject(event)
     rows = [
         Entry(
@@ -122,25 +138,6 @@ def entries(
             _started(attempt, now),
         )
     ]
-    for command, message in zip(decision.commands, messages, strict=True):
-        kind = "step" if command.direction == "action" else "compensation"
-        rows.append(
-            Entry(
-                after.saga_id,
-                f"{kind}_scheduled",
-                after.status.value,
-                after.status.value,
-                command.step,
-                command.attempt,
-                {
-                    "task_id": message.task_id,
-                    "task": command.task,
-                    "queue": command.queue,
-                    "delay": round(command.delay, 3),
-                },
-                now,
-            )
-        )
     if before.status != after.status and not isinstance(event, SagaStarted):
         resumed = isinstance(event, RetryRequested)
         # A resumed saga names the step it resumes; a settled one the step that decided it.

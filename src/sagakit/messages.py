@@ -71,6 +71,11 @@ def parse_task_id(value: str) -> TaskId | None:
         return None
 
 
+TIMEOUT_HEADER = "sagakit_timeout"
+"""Message header with the step's timeout in seconds: the worker's heartbeat reports it with
+the attempt, so the sweeper knows when a running attempt has overrun."""
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxMessage:
     """One step message to send: written in a transition's transaction, sent after it."""
@@ -80,9 +85,8 @@ class OutboxMessage:
     task_name: str
     queue: str
     kwargs: StepKwargs
-    time_limit: float | None
-    """Hard time limit in seconds; the soft limit (the step's timeout) comes before it."""
-    soft_time_limit: float | None
+    timeout: float | None
+    """The step's timeout in seconds (see TIMEOUT_HEADER and `CeleryDispatcher`)."""
     not_before: datetime
 
 

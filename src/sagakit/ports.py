@@ -12,8 +12,14 @@ from .messages import OutboxMessage
 class Dispatcher(Protocol):
     """Sends step messages to their services' queues."""
 
-    def send(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
-        """Send the messages (in one round trip where the broker allows it).
+    publishes_events: bool
+    """True when `send` also publishes the entries it is given to the event stream."""
+
+    def send(
+        self, messages: Sequence[OutboxMessage], entries: Sequence[Entry] = ()
+    ) -> list[OutboxMessage]:
+        """Send the messages (in one round trip where the broker allows it), and publish
+        `entries` with them if `publishes_events`.
 
         Returns the messages the broker did not take; the caller marks them unsent and the
         sweeper sends them again. Never raises for a broker that is down.

@@ -137,19 +137,14 @@ def attempts(
     found: dict[tuple[str, str, int], AttemptView] = {}
     outputs = {s.state.name: s.output for s in steps}
     for h in history:
+        detail = h.detail or {}
+        for sent in detail.get("scheduled") or ():
+            _scheduled(found, str(sent.get("step", "")), int(sent.get("attempt", 1)), h.at, sent)
         if h.step is None or h.attempt is None:
             continue
-        detail = h.detail or {}
-        if h.event in ("step_scheduled", "compensation_scheduled"):
+        if h.event in ("step_scheduled", "compensation_scheduled"):  # entries of older logs
             direction = "action" if h.event == "step_scheduled" else "compensation"
-            a = found.setdefault(
-                (h.step, direction, h.attempt), AttemptView(direction, h.attempt, h.step)
-            )
-            a.task_id = str(detail.get("task_id", ""))
-            a.task_name = str(detail.get("task", ""))
-            a.queue = str(detail.get("queue", ""))
-            a.scheduled_at = h.at
-            a.not_before = h.at + timedelta(seconds=float(detail.get("delay") or 0))
+            _scheduled(found, h.step, h.attempt, h.at, {**detail, "direction": direction})
         elif h.event in ("step_started", "compensation_started"):  # entries of older logs
             direction = "action" if h.event == "step_started" else "compensation"
             a = found.setdefault(
@@ -182,6 +177,23 @@ def attempts(
     for (step, direction, _), a in sorted(found.items(), key=lambda kv: kv[0][2]):
         grouped.setdefault((step, direction), []).append(a)
     return grouped
+
+
+def _scheduled(
+    found: dict[tuple[str, str, int], AttemptView],
+    step: str,
+    attempt: int,
+    at: datetime,
+    sent: dict[str, Any],
+) -> None:
+    """Record when an attempt was scheduled, its task and queue, and its backoff."""
+    direction = str(sent.get("direction", "action"))
+    a = found.setdefault((step, direction, attempt), AttemptView(direction, attempt, step))
+    a.task_id = str(sent.get("task_id", ""))
+    a.task_name = str(sent.get("task", ""))
+    a.queue = str(sent.get("queue", ""))
+    a.scheduled_at = at
+    a.not_before = at + timedelta(seconds=float(sent.get("delay") or 0))
 
 
 def saga_view(

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     redrive_after: float = 30.0
     """Seconds after which a message no worker holds, whose queue is empty, is sent again
     (doubling with each re-send of the same message)."""
+    time_limits: bool = False
+    """Also have Celery enforce each step's timeout: a soft limit (SoftTimeLimitExceeded in
+    the step) and a hard one (the pool process is killed) after twice the grace. Without,
+    the sweeper times out an attempt that overruns and the step's policy retries it, but
+    the process running it is left to finish; each limit costs the worker two timers per
+    task."""
     timeout_grace: float = 5.0
     """Seconds added to a step's timeout before the sweeper declares it timed out."""
     worker_lost_after: float = 30.0
@@ -58,6 +64,9 @@ class Settings(BaseSettings):
     worker_concurrency: int = 4
     sse_max_seconds: float = 3600.0
     """Longest an event stream stays open."""
+    retention: str | None = None
+    """Prune completed and compensated sagas older than this (e.g. ``30d``; unset: keep
+    everything). The sweepers do it a batch at a time; ``sagakit prune`` does it at once."""
     sse_ping_seconds: float = 15.0
     """Seconds between keep-alive comments on an idle event stream."""
     api_host: str = "127.0.0.1"

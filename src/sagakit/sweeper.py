@@ -33,8 +33,9 @@ import sqlalchemy as sa
 from .core.events import CompensationFailed, DeadlineExceeded, Direction, Event, StepTimedOut
 from .engine import Engine
 from .journal import Attempt
-from .messages import OutboxMessage, StepKwargs, parse_task_id
+from .messages import OutboxMessage, parse_task_id
 from .store import recovery, stats
+from .store.prune import prune
 from .store.recovery import Beat, Held, Pending
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class SweepReport:
     lost: int = 0
     deadlines: int = 0
     folded: int = 0
+    pruned: int = 0
 
     def __bool__(self) -> bool:
         return any((self.sent, self.resent, self.timed_out, self.lost, self.deadlines))
@@ -88,10 +90,13 @@ class Sweeper:
     worker_lost_after: float = 30.0
     timeout_grace: float = 5.0
     rollup_every: float = 15.0
+    retention: timedelta | None = None
+    prune_every: float = 300.0
     batch: int = 200
     _expired: set[str] = field(default_factory=set)
     _redrive_before: datetime | None = None
     _next_rollup: float = 0.0
+    _next_prune: float = 0.0
 
     def beat(self) -> None:
         """Record this worker's heartbeat; take over from its previous incarnation."""
@@ -140,8 +145,21 @@ class Sweeper:
         report.deadlines = self._deadlines(now)
         if time.monotonic() >= self._next_rollup:
             self._next_rollup = time.monotonic() + self.rollup_every
-            report.folded = stats.fold(self.db, now)
+            report.folded = self._fold(now)
+        if self.retention is not None and time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + self.prune_every
+            report.pruned = prune(self.db, now - self.retention, max_batches=20)
         return report
+
+    def _fold(self, now: datetime) -> int:
+        """Fold the metrics, several times over while a long backlog of them waits (1 s)."""
+        folded, until = 0, time.monotonic() + 1.0
+        while time.monotonic() < until:
+            count = stats.fold(self.db, now)
+            folded += count
+            if count < stats.FOLD_ROWS:
+                break
+        return folded
 
     # --- the parts -----------------------------------------------------------------
 
@@ -263,23 +281,10 @@ class Sweeper:
 
     def _message(self, p: Pending) -> OutboxMessage:
         direction: Direction = "compensation" if p.status == "compensating" else "action"
-        kwargs: StepKwargs = {
-            "saga_id": p.saga_id,
-            "saga_type": p.saga_type,
-            "step": p.name,
-            "attempt": p.comp_attempt if direction == "compensation" else p.attempt,
-            "direction": direction,
-        }
-        if p.item is not None:
-            kwargs["item"] = p.item
+        attempt = p.comp_attempt if direction == "compensation" else p.attempt
         saga = self.engine.definition(p.saga_type)
-        step = saga.step(p.name)
-        if step.reads:
-            self.engine._embed(kwargs, step.reads, None)
-        soft = step.timeout
-        hard = None if soft is None else soft + 2 * self.engine.timeout_grace
-        return OutboxMessage(
-            p.saga_id, p.task_id, p.task_name, p.queue, kwargs, hard, soft, p.not_before
+        return self.engine.message(
+            saga, p.saga_id, p.name, direction, attempt, p.item, p.task_id, p.not_before
         )
 
 

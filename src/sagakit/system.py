@@ -17,10 +17,11 @@ from .logs import configure_logging
 from .queries import Queries
 from .registry import discover
 from .runtime.app import SAGAKIT_QUEUE, bind_engine, engine_for, make_celery
-from .runtime.dispatch import BrokerWatch, CeleryDispatcher
+from .runtime.dispatch import BrokerWatch, dispatcher_for
 from .runtime.worker import EmbeddedWorker, holdings
 from .settings import Settings, load_settings
 from .store import SqlLog, make_db, upgrade_database
+from .store.prune import parse_age
 from .streams.publisher import RedisStreamPublisher
 from .sweeper import Identity, Sweeper
 
@@ -94,10 +95,18 @@ class System:
                 settings.redis_url, settings.events_stream, settings.events_maxlen
             )
         db = make_db(settings.database_url)
+        dispatcher = dispatcher_for(
+            self.celery,
+            redis_url=settings.redis_url,
+            stream=settings.events_stream,
+            maxlen=settings.events_maxlen,
+            time_limits=settings.time_limits,
+            grace=settings.timeout_grace,
+        )
         engine = Engine(
             SqlLog(make_db(settings.database_url, autocommit=True)),
             self.sagas,
-            CeleryDispatcher(self.celery),
+            dispatcher,
             events=events,
             timeout_grace=settings.timeout_grace,
         )
@@ -118,6 +127,9 @@ class System:
             redrive_after=settings.redrive_after,
             worker_lost_after=settings.worker_lost_after,
             timeout_grace=settings.timeout_grace,
+            retention=parse_age(settings.retention, "SAGAKIT_RETENTION")
+            if settings.retention
+            else None,
         )
 
     def _check_timeouts(self) -> None:

@@ -13,11 +13,15 @@ from sagakit.messages import OutboxMessage
 class RecordingDispatcher:
     """Keeps every message the engine sends."""
 
+    publishes_events = False
+
     def __init__(self) -> None:
         self.sent: list[OutboxMessage] = []
         self._lock = threading.Lock()
 
-    def send(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
+    def send(
+        self, messages: Sequence[OutboxMessage], entries: Sequence[Entry] = ()
+    ) -> list[OutboxMessage]:
         with self._lock:
             self.sent.extend(messages)
         return []
@@ -29,7 +33,9 @@ class RecordingDispatcher:
 class FailingDispatcher(RecordingDispatcher):
     """A broker that is down: it takes nothing."""
 
-    def send(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
+    def send(
+        self, messages: Sequence[OutboxMessage], entries: Sequence[Entry] = ()
+    ) -> list[OutboxMessage]:
         return list(messages)
 
 

@@ -105,4 +105,4 @@ class Rig:
 
     def running(self, message: OutboxMessage) -> None:
         """The worker reports it runs `message` since now."""
-        self.held = [Held(message.task_id, self.clock().timestamp(), message.soft_time_limit)]
+        self.held = [Held(message.task_id, self.clock().timestamp(), message.timeout)]

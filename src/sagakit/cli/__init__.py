@@ -24,7 +24,7 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from . import bench, demo, ping, processes, sagas, up
+    from . import bench, demo, ping, processes, prune, sagas, up
 
     sagas.register(app)
     processes.register(app)
@@ -32,6 +32,7 @@ def _register_commands() -> None:
     bench.register(app)
     up.register(app)
     ping.register(app)
+    prune.register(app)
     # Modules named by SAGAKIT_IMPORTS may add commands (e.g. `sagakit robots`).
     try:
         modules = load_settings().imports

@@ -1,4 +1,12 @@
-"""`sagakit bench`: N sagas of M no-op steps against the configured broker and database."""
+"""`sagakit bench`: sagakit measured on the configured broker and database.
+
+- ``sagakit bench``: N sagas of M no-op steps at once; latency percentiles and sagas/s (runs on
+  the embedded default too);
+- ``--compare``: a saga against a raw Celery task and a Celery chain, side by side, as ratios;
+- ``--fan-out W[,W...]``: per-branch CPU and bytes written at each fan-out width;
+- ``--backlog N``: N sagas started at once against one worker: re-sends, throughput, memory;
+- ``--scale ROWS``: the read side, the sweeper and /metrics on a saga log of ROWS sagas.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +18,12 @@ from typing import Annotated, Any
 
 import typer
 
-from ..bench import MAX_STEPS
 from ..core.errors import InvalidInput
-from ..core.state import SETTLED_STATUSES
 from ..logs import configure_logging
 from . import render
 from .sagas import open_system
+
+MAX_STEPS = 8
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -25,57 +33,140 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def _widths(value: str | None) -> list[int]:
+    if value is None:
+        return []
+    try:
+        widths = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise InvalidInput("--fan-out", f"{value!r} is not a list of widths like 5,500") from None
+    if not widths or any(not 1 <= w <= 10_000 for w in widths):
+        raise InvalidInput("--fan-out", "widths must be between 1 and 10000")
+    return widths
+
+
 def register(app: typer.Typer) -> None:
     """Add `bench` to `app`."""
 
     @app.command()
     def bench(
-        sagas: Annotated[int, typer.Option("--sagas", "-n", min=1, max=100_000)] = 200,
+        sagas: Annotated[
+            int, typer.Option("--sagas", "-n", min=1, max=100_000, help="Units in flight.")
+        ] = 200,
         steps: Annotated[int, typer.Option("--steps", "-m", min=1)] = 4,
-        timeout: Annotated[float, typer.Option(help="Seconds to wait for all sagas.")] = 600.0,
+        compare: Annotated[
+            bool, typer.Option(help="Against a raw Celery task and a Celery chain.")
+        ] = False,
+        rounds: Annotated[int, typer.Option(min=1, max=20, help="Interleaved rounds.")] = 3,
+        runs: Annotated[int, typer.Option(min=1, max=1000, help="Latency runs per round.")] = 20,
+        concurrency: Annotated[
+            int, typer.Option("--concurrency", "-c", min=1, max=64, help="Worker processes.")
+        ] = 2,
+        fan_out: Annotated[
+            str | None, typer.Option("--fan-out", help="Widths to compare, e.g. 5,500.")
+        ] = None,
+        backlog: Annotated[
+            int | None,
+            typer.Option(min=1, max=1_000_000, help="Sagas started at once on one worker."),
+        ] = None,
+        scale: Annotated[
+            int | None,
+            typer.Option(min=1000, max=10_000_000, help="Sagas in a generated saga log."),
+        ] = None,
+        timeout: Annotated[float, typer.Option(help="Seconds to wait for each phase.")] = 600.0,
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
-        """Start N sagas at once, wait for all, print latency percentiles and sagas/s."""
+        """Measure sagakit (see `sagakit bench --help` for the modes)."""
         if steps > MAX_STEPS:
             raise InvalidInput("--steps", f"at most {MAX_STEPS}")
         configure_logging("WARNING")
-        with ExitStack() as stack:
-            system = open_system(stack, worker=True, imports=["sagakit.bench"])
-            engine = system.engine
-            began = time.monotonic()
-            ids = [engine.start(f"bench_{steps}", {}).saga_id for _ in range(sagas)]
-            started = time.monotonic() - began
-            deadline = time.monotonic() + timeout
-            pending = set(ids)
-            while pending and time.monotonic() < deadline:
-                # One query per poll: the benchmark must not load the database it measures.
-                statuses = system.queries.statuses(sorted(pending))
-                pending = {s for s in pending if statuses.get(s) not in SETTLED_STATUSES}
-                time.sleep(0.1)
-            records = [system.queries.get(s) for s in ids]
-        done = [r for r in records if r.finished_at is not None]
-        latencies = [(r.finished_at - r.created_at).total_seconds() for r in done if r.finished_at]
-        first = min(r.created_at for r in records)
-        last = max((r.finished_at for r in done if r.finished_at), default=first)
-        elapsed = max((last - first).total_seconds(), 1e-9)
-        result: dict[str, Any] = {
-            "sagas": sagas,
-            "steps": steps,
-            "completed": sum(r.status == "completed" for r in records),
-            "unfinished": len(pending),
-            "start_seconds": round(started, 3),
-            "elapsed_seconds": round(elapsed, 3),
-            "sagas_per_second": round(len(done) / elapsed, 1),
-            "broker": "embedded" if system.settings.embedded else "configured",
-        }
-        if latencies:
-            result.update(
-                {f"p{q}_ms": round(percentile(latencies, q) * 1000, 1) for q in (50, 90, 99)}
+        progress = (lambda _: None) if as_json else (lambda s: render.console(stderr=True).print(s))
+        result: dict[str, Any]
+        if compare:
+            from ..bench.compare import compare as run_compare
+            from ..settings import load_settings
+
+            report = run_compare(
+                load_settings(),
+                steps=steps,
+                rounds=rounds,
+                in_flight=sagas,
+                runs=runs,
+                concurrency=concurrency,
+                timeout=timeout,
+                progress=progress,
             )
-            result["mean_ms"] = round(statistics.fmean(latencies) * 1000, 1)
+            result = report.summary()
+        elif fan_out is not None:
+            from ..bench.modes import fan_out as run_fan_out
+            from ..settings import load_settings
+
+            result = run_fan_out(
+                load_settings(), _widths(fan_out), rounds=rounds, timeout=timeout, progress=progress
+            )
+        elif backlog is not None:
+            from ..bench.modes import backlog as run_backlog
+            from ..settings import load_settings
+
+            result = run_backlog(
+                load_settings(),
+                backlog,
+                steps=steps,
+                burst=sagas,
+                concurrency=1,
+                timeout=timeout,
+                progress=progress,
+            )
+        elif scale is not None:
+            from ..bench.scale import scale as run_scale
+            from ..settings import load_settings
+
+            result = run_scale(load_settings(), scale, progress=progress)
+        else:
+            result = _burst(sagas, steps, timeout)
         if as_json:
             typer.echo(json.dumps(result))
         else:
             render.console().print_json(data=result)
-        if pending:
+        if result.get("unfinished"):
             raise typer.Exit(1)
+
+
+def _burst(sagas: int, steps: int, timeout: float) -> dict[str, Any]:
+    """Start N sagas at once, wait for all; latency percentiles and sagas/s."""
+    with ExitStack() as stack:
+        system = open_system(stack, worker=True, imports=["sagakit.bench.sagas"])
+        engine, queries = system.engine, system.queries
+        began = time.monotonic()
+        ids = [engine.start(f"bench_{steps}", {}).saga_id for _ in range(sagas)]
+        started = time.monotonic() - began
+        deadline = time.monotonic() + timeout
+        pending = set(ids)
+        while pending and time.monotonic() < deadline:
+            # One query per poll: the benchmark must not load the database it measures.
+            statuses = queries.statuses(sorted(pending))
+            pending = {s for s in pending if statuses.get(s) not in _SETTLED}
+            time.sleep(0.1)
+        records = [queries.get(s) for s in ids]
+    done = [r for r in records if r.finished_at is not None]
+    latencies = [(r.finished_at - r.created_at).total_seconds() for r in done if r.finished_at]
+    first = min(r.created_at for r in records)
+    last = max((r.finished_at for r in done if r.finished_at), default=first)
+    elapsed = max((last - first).total_seconds(), 1e-9)
+    result: dict[str, Any] = {
+        "sagas": sagas,
+        "steps": steps,
+        "completed": sum(r.status == "completed" for r in records),
+        "unfinished": len(pending),
+        "start_seconds": round(started, 3),
+        "elapsed_seconds": round(elapsed, 3),
+        "sagas_per_second": round(len(done) / elapsed, 1),
+        "broker": "embedded" if system.settings.embedded else "configured",
+    }
+    if latencies:
+        result.update({f"p{q}_ms": round(percentile(latencies, q) * 1000, 1) for q in (50, 90, 99)})
+        result["mean_ms"] = round(statistics.fmean(latencies) * 1000, 1)
+    return result
+
+
+_SETTLED = ("completed", "compensated", "failed")

@@ -1,12 +1,23 @@
 """Step messages to the broker, and what the sweeper asks of the broker.
 
-`CeleryDispatcher` publishes a transition's messages in one round trip where the transport
-batches (kombu's `Producer.batch`, Redis), straight to each queue by name, built by
-Celery's own message factory (protocol 2) so any Celery worker consumes them.
+Messages are built by Celery's own message factory (protocol 2), so any Celery worker
+consumes them, and go straight to each queue by name:
+
+- `RedisDispatcher` (a Redis broker): a transition's messages and its event-stream entries
+  in one pipelined round trip on a client kept for the process, the message envelope being
+  the one kombu's Redis transport writes (``LPUSH`` of its JSON to the queue's list);
+- `CeleryDispatcher` (any other broker): kombu's producer, batched where the transport can.
+
+A step's timeout travels in a header (`messages.TIMEOUT_HEADER`): the worker's heartbeat
+reports it with each running attempt, and the sweeper times out an attempt that overruns.
+With ``time_limits`` the message also carries Celery's soft limit (the timeout) and hard
+limit (the timeout plus twice the grace), so the pool raises SoftTimeLimitExceeded in the
+step and kills a process that ignores it; each limit costs the worker timers per task.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import uuid
@@ -14,7 +25,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ..messages import OutboxMessage
+from ..journal import Entry
+from ..messages import TIMEOUT_HEADER, OutboxMessage
+from ..streams.codec import encode
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +38,35 @@ EPOCH_KEY = "sagakit:broker-epoch"
 class CeleryDispatcher:
     """Sends by task name, so the orchestrator never imports service code."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    publishes_events = False
 
-    def send(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
+    def __init__(self, app: Any, *, time_limits: bool = False, grace: float = 5.0) -> None:
+        self.app = app
+        self.time_limits = time_limits
+        self.grace = grace
+
+    def task_message(self, m: OutboxMessage) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        """Celery's (headers, properties, body) of one step message."""
+        limits: dict[str, Any] = {}
+        if self.time_limits and m.timeout is not None:
+            limits = {"soft_time_limit": m.timeout, "time_limit": m.timeout + 2 * self.grace}
+        headers, properties, body, _ = self.app.amqp.create_task_message(
+            m.task_id,
+            m.task_name,
+            (),
+            dict(m.kwargs),
+            ignore_result=True,
+            kwargsrepr=repr(dict(m.kwargs)),
+            argsrepr="()",
+            **limits,
+        )
+        if m.timeout is not None:
+            headers[TIMEOUT_HEADER] = m.timeout
+        return headers, properties, body
+
+    def send(
+        self, messages: Sequence[OutboxMessage], entries: Sequence[Entry] = ()
+    ) -> list[OutboxMessage]:
         """Publish the messages; return them all if the broker refused any."""
         if not messages:
             return []
@@ -38,15 +76,7 @@ class CeleryDispatcher:
                 batch = getattr(producer, "batch", None)
                 with batch() if batch is not None else contextlib.nullcontext():
                     for m in messages:
-                        headers, properties, body, _ = amqp.create_task_message(
-                            m.task_id,
-                            m.task_name,
-                            (),
-                            dict(m.kwargs),
-                            time_limit=m.time_limit,
-                            soft_time_limit=m.soft_time_limit,
-                            ignore_result=True,
-                        )
+                        headers, properties, body = self.task_message(m)
                         producer.publish(
                             body,
                             exchange="",
@@ -62,6 +92,100 @@ class CeleryDispatcher:
             logger.warning("broker refused %d messages: %s", len(messages), exc)
             return list(messages)
         return []
+
+
+class RedisDispatcher(CeleryDispatcher):
+    """Messages and event-stream entries to Redis in one round trip (see the module doc)."""
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        stream: str | None = None,
+        maxlen: int = 100_000,
+        time_limits: bool = False,
+        grace: float = 5.0,
+    ) -> None:
+        super().__init__(app, time_limits=time_limits, grace=grace)
+        import redis
+
+        self.client = redis.Redis.from_url(
+            str(app.conf.broker_url), socket_timeout=2, socket_connect_timeout=2
+        )
+        self.stream = stream
+        self.maxlen = maxlen
+        self.publishes_events = stream is not None
+
+    def envelope(self, m: OutboxMessage) -> str:
+        """The JSON kombu's Redis transport would push for `m` (protocol 2, base64 body)."""
+        from kombu.serialization import dumps
+        from kombu.utils.json import dumps as json_dumps
+
+        headers, properties, body = self.task_message(m)
+        content_type, content_encoding, payload = dumps(body, serializer="json")  # type: ignore[no-untyped-call]
+        data = payload.encode() if isinstance(payload, str) else payload
+        return str(
+            json_dumps(  # type: ignore[no-untyped-call]
+                {
+                    "body": base64.b64encode(data).decode(),
+                    "content-encoding": content_encoding,
+                    "content-type": content_type,
+                    "headers": headers,
+                    "properties": {
+                        **properties,
+                        "delivery_mode": 2,
+                        "delivery_info": {"exchange": "", "routing_key": m.queue},
+                        "priority": 0,
+                        "body_encoding": "base64",
+                        "delivery_tag": str(uuid.uuid4()),
+                    },
+                }
+            )
+        )
+
+    def send(
+        self, messages: Sequence[OutboxMessage], entries: Sequence[Entry] = ()
+    ) -> list[OutboxMessage]:
+        """Push the messages (and append the entries to the stream) in one round trip."""
+        if not messages and not (entries and self.stream):
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for m in messages:
+            pipe.lpush(m.queue, self.envelope(m))
+        if self.stream is not None:
+            for entry in entries:
+                fields: Any = encode(entry)
+                pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
+        try:
+            pipe.execute()
+        except Exception as exc:
+            logger.warning("broker refused %d messages: %s", len(messages), exc)
+            return list(messages)
+        return []
+
+
+def dispatcher_for(
+    app: Any,
+    *,
+    redis_url: str | None,
+    stream: str,
+    maxlen: int,
+    time_limits: bool,
+    grace: float,
+) -> CeleryDispatcher:
+    """The dispatcher for this broker; with the event stream on the broker's own Redis
+    database, it publishes the transitions' entries too."""
+    broker = str(app.conf.broker_url or "")
+    if broker.split("://", 1)[0] not in ("redis", "rediss"):
+        return CeleryDispatcher(app, time_limits=time_limits, grace=grace)
+    same = redis_url is not None and redis_url.rstrip("/") == broker.rstrip("/")
+    return RedisDispatcher(
+        app,
+        stream=stream if same else None,
+        maxlen=maxlen,
+        time_limits=time_limits,
+        grace=grace,
+    )
 
 
 class BrokerWatch:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery.worker import WorkController
 
+from ..messages import TIMEOUT_HEADER
 from ..store.recovery import Held
 
 if TYPE_CHECKING:
@@ -46,9 +47,13 @@ def holdings() -> tuple[Held, ...]:
 
 
 def _soft_limit(request: Any) -> float | None:
-    limits = getattr(request, "time_limits", None) or (None, None)
-    hard, soft = [*list(limits), None, None][:2]
-    value = soft or hard
+    """The step's timeout: sagakit's header, else Celery's soft (or hard) time limit."""
+    headers = getattr(request, "request_dict", None) or {}
+    value = headers.get(TIMEOUT_HEADER)
+    if value is None:
+        limits = getattr(request, "time_limits", None) or (None, None)
+        hard, soft = [*list(limits), None, None][:2]
+        value = soft or hard
     return float(value) if value else None
 
 

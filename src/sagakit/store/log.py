@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,10 +57,24 @@ _STEPS = ", ".join(STEP_COLUMNS)
 
 @dataclass
 class Counts:
-    """Transactions and statements this process ran on the saga log (for the benchmark)."""
+    """Transactions and statements this process ran through the hot path."""
 
     transactions: int = 0
     statements: int = 0
+    observers: list[Callable[[str, int], None]] = field(default_factory=list)
+    """Told of each count (`sagakit bench` tallies them across processes)."""
+
+    def add(self, key: str, n: int = 1) -> None:
+        if key == "sql_statements":
+            self.statements += n
+        else:
+            self.transactions += n
+        for observer in self.observers:
+            observer(key, n)
+
+
+COUNTS = Counts()
+"""This process's counts (every SqlLog adds to them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,17 +119,16 @@ class _Sql:
             if named or top or fail
         }
         head_set = ", ".join(f"{c} = :{c}" for c in HEAD_COLUMNS)
-        self.save_head = self._p(
+        self.raw_head = (
             f"UPDATE sagakit_sagas SET {head_set}, updated_at = :updated_at, "
             "finished_at = :finished_at WHERE saga_id = :saga_id"
         )
-        insert_cols = ("saga_id", *STEP_COLUMNS, "output", *MESSAGE_COLUMNS)
-        self.insert_step = self._insert("sagakit_steps", insert_cols)
+        self.step_columns = ("saga_id", *STEP_COLUMNS, "output", *MESSAGE_COLUMNS)
         state_set = ", ".join(f"{c} = :{c}" for c in STEP_COLUMNS if c != "name")
         message_set = ", ".join(f"{c} = :{c}" for c in MESSAGE_COLUMNS)
         where = " WHERE saga_id = :saga_id AND name = :name"
-        self.update_step = {
-            (output, message): self._p(
+        self.raw_update = {
+            (output, message): (
                 f"UPDATE sagakit_steps SET {state_set}"
                 + (", output = :output" if output else "")
                 + (f", {message_set}" if message else "")
@@ -124,7 +137,27 @@ class _Sql:
             for output in (False, True)
             for message in (False, True)
         }
-        self.insert_history = self._insert("sagakit_transitions", HISTORY_COLUMNS)
+        self._composed: dict[tuple[Any, ...], str] = {}
+        # PostgreSQL: each write takes its rows as one JSON parameter (jsonb_populate_record),
+        # so a transition's writes make one short statement with a handful of parameters,
+        # which psycopg converts once and the server plans once.
+        head_cols = (*HEAD_COLUMNS, "updated_at", "finished_at")
+        self.doc_head = _set_from_doc("sagakit_sagas", head_cols, ("saga_id",), many=False)
+        update_cols = [c for c in STEP_COLUMNS if c != "name"]
+        self.doc_update = {
+            (output, message): _set_from_doc(
+                "sagakit_steps",
+                (
+                    *update_cols,
+                    *(["output"] if output else []),
+                    *(MESSAGE_COLUMNS if message else ()),
+                ),
+                ("saga_id", "name"),
+                many=True,
+            )
+            for output in (False, True)
+            for message in (False, True)
+        }
         saga_cols = (
             *SAGA_COLUMNS,
             "input",
@@ -134,7 +167,8 @@ class _Sql:
             "finished_at",
             "deadline_at",
         )
-        self.insert_saga = self._insert("sagakit_sagas", saga_cols)
+        self.raw_insert_saga = self._insert("sagakit_sagas", saga_cols, raw=True)
+        self.doc_saga = self.doc_rows("sagakit_sagas", saga_cols, many=False)
         self.insert_saga_once = self._p(
             self._insert("sagakit_sagas", saga_cols, raw=True)
             + " ON CONFLICT (saga_type, idempotency_key) DO NOTHING RETURNING saga_id"
@@ -162,6 +196,34 @@ class _Sql:
             "WHERE saga_id = :saga_id AND name = :name AND task_id = :task_id"
         )
 
+    @staticmethod
+    def doc_rows(table: str, columns: Sequence[str], *, many: bool = True) -> str:
+        """INSERT of the rows in one JSON parameter ``:doc`` (PostgreSQL)."""
+        listed = ", ".join(columns)
+        source = "jsonb_populate_recordset" if many else "jsonb_populate_record"
+        return f"INSERT INTO {table} ({listed}) SELECT {listed} FROM {source}(NULL::{table}, :doc)"
+
+    def raw_rows(self, table: str, columns: Sequence[str], n: int) -> str:
+        """One INSERT of `n` rows, its parameters named ``<column>_<row>``."""
+        rows = ", ".join("(" + ", ".join(f":{c}_{i}" for c in columns) + ")" for i in range(n))
+        return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {rows}"
+
+    def composed(self, parts: Sequence[_Part]) -> str:
+        """The parts as one statement: the first part is the main statement, the others
+        data-modifying CTEs (run in the same snapshot; foreign keys checked at its end).
+
+        Each part's parameters are prefixed ``p<i>_``; the text is built once per shape.
+        """
+        key = tuple(p.key for p in parts)
+        text = self._composed.get(key)
+        if text is None:
+            texts = [_prefixed(p.text, f"p{i}") for i, p in enumerate(parts)]
+            ctes = ", ".join(f"w{i} AS ({t})" for i, t in enumerate(texts[1:], start=1))
+            text = self._p(f"WITH {ctes} {texts[0]}" if ctes else texts[0])
+            if len(self._composed) < 512:
+                self._composed[key] = text
+        return text
+
     def _insert(self, table: str, columns: Sequence[str], *, raw: bool = False) -> str:
         text = (
             f"INSERT INTO {table} ({', '.join(columns)}) "
@@ -174,6 +236,31 @@ class _Sql:
         return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", text) if self.postgres else text
 
 
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One write of a transition: its statement's shape, its raw SQL and its parameters."""
+
+    key: tuple[Any, ...]
+    text: str
+    params: dict[str, Any]
+
+
+def _set_from_doc(table: str, columns: Sequence[str], keys: Sequence[str], *, many: bool) -> str:
+    """UPDATE of `columns` from the rows in one JSON parameter ``:doc`` (PostgreSQL)."""
+    source = "jsonb_populate_recordset" if many else "jsonb_populate_record"
+    targets = ", ".join(columns)
+    values = ", ".join(f"v.{c}" for c in columns)
+    match = " AND ".join(f"t.{k} = v.{k}" for k in keys)
+    return (
+        f"UPDATE {table} AS t SET ({targets}) = ({values}) "
+        f"FROM {source}(NULL::{table}, :doc) AS v WHERE {match}"
+    )
+
+
+def _prefixed(text: str, prefix: str) -> str:
+    return re.sub(r"(?<![:\w]):(\w+)", rf":{prefix}_\1", text)
+
+
 class SqlLog:
     """Transitions, starts and the reads a worker makes, on one saga log database."""
 
@@ -181,11 +268,11 @@ class SqlLog:
         self.db = db
         self.postgres = db.dialect.name == "postgresql"
         self.sql = _Sql(self.postgres)
-        self.counts = Counts()
+        self.counts = COUNTS
         if self.postgres:
             from psycopg.types.json import Jsonb
 
-            self._jsonb = Jsonb
+            self._Jsonb = Jsonb
 
     # --- parameters ----------------------------------------------------------------
 
@@ -193,6 +280,9 @@ class SqlLog:
         if value is None:
             return None
         return self._jsonb(value) if self.postgres else json.dumps(value)
+
+    def _jsonb(self, value: Any) -> Any:
+        return self._Jsonb(value)
 
     def _time(self, value: datetime | None) -> Any:
         return value if value is None or self.postgres else _sqlite_time(value)
@@ -219,24 +309,53 @@ class SqlLog:
             pooled.close()
 
     def _run(self, conn: Any, statement: str, params: Mapping[str, Any]) -> Any:
-        self.counts.statements += 1
+        self.counts.add("sql_statements")
         if self.postgres:
             return conn.execute(statement, params, prepare=True)
         return conn.execute(statement, params)
 
-    def _run_many(self, conn: Any, statement: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    def _rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
+    ) -> list[_Part]:
+        """INSERTs of `rows`: one with a JSON parameter on PostgreSQL; on SQLite one per
+        batch under its limit on parameters (32766)."""
         if not rows:
-            return
-        self.counts.statements += 1
+            return []
         if self.postgres:
-            conn.cursor().executemany(statement, rows)
-        else:
-            conn.executemany(statement, rows)
+            doc = self._jsonb([_document(r, columns) for r in rows])
+            return [_Part(("rows", table), self.sql.doc_rows(table, columns), {"doc": doc})]
+        batch = max(1, 30_000 // len(columns))
+        parts = []
+        for start in range(0, len(rows), batch):
+            chunk = [self._params(r) for r in rows[start : start + batch]]
+            params = {f"{c}_{i}": row[c] for i, row in enumerate(chunk) for c in columns}
+            text = self.sql.raw_rows(table, columns, len(chunk))
+            parts.append(_Part(("rows", table, len(chunk)), text, params))
+        return parts
+
+    def _one(self, key: str, doc_text: str, raw_text: str, values: Mapping[str, Any]) -> _Part:
+        """One row's write: a JSON parameter on PostgreSQL, one per column on SQLite."""
+        if self.postgres:
+            return _Part((key,), doc_text, {"doc": self._jsonb(_document(values, values))})
+        return _Part((key,), raw_text, self._params(values))
+
+    def _execute(self, conn: Any, parts: Sequence[_Part]) -> None:
+        """Run a transition's writes: one statement on PostgreSQL, each on its own on SQLite."""
+        if not parts:
+            return
+        if self.postgres:
+            params = {f"p{i}_{k}": v for i, p in enumerate(parts) for k, v in p.params.items()}
+            self.counts.add("sql_statements")
+            conn.execute(self.sql.composed(parts), params, prepare=True)
+            return
+        for part in parts:
+            self.counts.add("sql_statements")
+            conn.execute(part.text, part.params)
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
         """One transaction (pipelined on PostgreSQL); commit on success, else roll back."""
-        self.counts.transactions += 1
+        self.counts.add("sql_transactions")
         with self._connection() as conn:
             if self.postgres:
                 with conn.pipeline(), conn.transaction():
@@ -266,23 +385,25 @@ class SqlLog:
     ) -> str | None:
         """Insert a saga with its first transition; the existing saga's id for a used key."""
         head = decision.state
-        values = self._params(
-            {
-                "saga_id": head.saga_id,
-                "saga_type": head.saga_type,
-                "definition_version": head.definition_version,
-                **head_row(head),
-                "input": dict(input),
-                "idempotency_key": idempotency_key,
-                "created_at": now,
-                "updated_at": now,
-                "finished_at": now if head.status.settled else None,
-                "deadline_at": deadline_at,
-            }
-        )
+        raw_values = {
+            "saga_id": head.saga_id,
+            "saga_type": head.saga_type,
+            "definition_version": head.definition_version,
+            **head_row(head),
+            "input": dict(input),
+            "idempotency_key": idempotency_key,
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": now if head.status.settled else None,
+            "deadline_at": deadline_at,
+        }
+        values = self._params(raw_values)
         with self._transaction() as conn:
+            parts = self._step_parts(head.saga_id, decision, messages, None, now)
+            parts += self._history_parts(entries)
             if idempotency_key is None:
-                self._run(conn, self.sql.insert_saga, values)
+                saga = self._one("saga", self.sql.doc_saga, self.sql.raw_insert_saga, raw_values)
+                self._execute(conn, [saga, *parts])
             else:
                 inserted = self._run(conn, self.sql.insert_saga_once, values).fetchone()
                 if inserted is None:
@@ -292,8 +413,7 @@ class SqlLog:
                         {"saga_type": head.saga_type, "idempotency_key": idempotency_key},
                     ).fetchone()
                     return str(found[0])
-            self._write_steps(conn, head.saga_id, decision, messages, None, now)
-            self._run_many(conn, self.sql.insert_history, [self._params(e.row()) for e in entries])
+                self._execute(conn, parts)
         return None
 
     @contextmanager
@@ -324,28 +444,25 @@ class SqlLog:
                 loaded[values["name"]] = step_from(values)
             yield Transition(self, conn, head_from(head), loaded)
 
-    def _write_steps(
+    def _step_parts(
         self,
-        conn: Any,
         saga_id: str,
         decision: Decision,
         messages: Mapping[str, OutboxMessage],
         output: tuple[str, Any] | None,
         now: datetime,
-    ) -> None:
-        created = []
-        for st in decision.created:
-            created.append(
-                self._params(
-                    {
-                        "saga_id": saga_id,
-                        **step_row(st),
-                        "output": None,
-                        **_message_row(messages[st.name], now),
-                    }
-                )
-            )
-        self._run_many(conn, self.sql.insert_step, created)
+    ) -> list[_Part]:
+        created = [
+            {
+                "saga_id": saga_id,
+                **step_row(st),
+                "output": None,
+                **_message_row(messages[st.name], now),
+            }
+            for st in decision.created
+        ]
+        parts = self._rows("sagakit_steps", self.sql.step_columns, created)
+        by_variant: dict[tuple[bool, bool], list[dict[str, Any]]] = {}
         for st in decision.updated:
             values: dict[str, Any] = {"saga_id": saga_id, **step_row(st)}
             with_output = output is not None and output[0] == st.name
@@ -355,8 +472,22 @@ class SqlLog:
             message = messages.get(st.name)
             if message is not None:
                 values.update(_message_row(message, now))
-            statement = self.sql.update_step[(with_output, message is not None)]
-            self._run(conn, statement, self._params(values))
+            by_variant.setdefault((with_output, message is not None), []).append(values)
+        for variant, rows in by_variant.items():
+            if self.postgres:
+                doc = self._jsonb([_document(r, r) for r in rows])
+                parts.append(
+                    _Part(("update", *variant), self.sql.doc_update[variant], {"doc": doc})
+                )
+            else:
+                parts.extend(
+                    _Part(("update", *variant), self.sql.raw_update[variant], self._params(r))
+                    for r in rows
+                )
+        return parts
+
+    def _history_parts(self, entries: Sequence[Entry]) -> list[_Part]:
+        return self._rows("sagakit_transitions", HISTORY_COLUMNS, [e.row() for e in entries])
 
     # --- worker reads --------------------------------------------------------------
 
@@ -431,9 +562,18 @@ class Transition:
             "updated_at": now,
             "finished_at": now if head.status.settled else None,
         }
-        log._run(self.conn, log.sql.save_head, log._params(values))
-        log._write_steps(self.conn, head.saga_id, decision, messages, output, now)
-        log._run_many(self.conn, log.sql.insert_history, [log._params(e.row()) for e in entries])
+        parts = [log._one("head", log.sql.doc_head, log.sql.raw_head, values)]
+        parts += log._step_parts(head.saga_id, decision, messages, output, now)
+        parts += log._history_parts(entries)
+        log._execute(self.conn, parts)
+
+
+def _document(values: Mapping[str, Any], columns: Iterable[str]) -> dict[str, Any]:
+    """A row as JSON for jsonb_populate_record: datetimes as ISO 8601, JSON columns as is."""
+    return {
+        c: values[c].isoformat() if isinstance(values.get(c), datetime) else values.get(c)
+        for c in columns
+    }
 
 
 def _message_row(message: OutboxMessage, now: datetime) -> dict[str, Any]:

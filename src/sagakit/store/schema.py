@@ -73,6 +73,12 @@ sagas = sa.Table(
     sa.Index("ix_sagakit_sagas_status_created", "status", "created_at", "saga_id"),
     sa.Index("ix_sagakit_sagas_type_created", "saga_type", "created_at", "saga_id"),
     sa.Index(
+        "ix_sagakit_sagas_key",
+        "idempotency_key",
+        sqlite_where=sa.text("idempotency_key IS NOT NULL"),
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    ),
+    sa.Index(
         "ix_sagakit_sagas_finished",
         "finished_at",
         sqlite_where=sa.text("finished_at IS NOT NULL"),

@@ -143,6 +143,12 @@ def _create_indexes() -> None:
         ("sagakit_sagas", "ix_sagakit_sagas_finished", ["finished_at"], "finished_at IS NOT NULL"),
         (
             "sagakit_sagas",
+            "ix_sagakit_sagas_key",
+            ["idempotency_key"],
+            "idempotency_key IS NOT NULL",
+        ),
+        (
+            "sagakit_sagas",
             "ix_sagakit_sagas_deadline",
             ["deadline_at"],
             "deadline_at IS NOT NULL AND status IN ('pending', 'running')",
