@@ -64,8 +64,17 @@ class ContextFilter(logging.Filter):
         return True
 
 
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+"""Attributes every LogRecord has: the rest were given as ``extra``."""
+_SCALARS = (str, int, float, bool)
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line."""
+    """One JSON object per line, with the scalar ``extra`` fields of the record.
+
+    Structured extras (Celery's ``data``, which repeats the task's arguments and
+    traceback) are left out: the message already says what they hold.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
@@ -74,6 +83,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and key not in _FIELDS and isinstance(value, _SCALARS):
+                data.setdefault(key, value)
         for key in _FIELDS:
             value = getattr(record, key, "-")
             if value != "-":
