@@ -238,6 +238,10 @@ def snapshot(db: sa.Engine, now: datetime | None = None) -> Snapshot:
     now = now or datetime.now(UTC)
     s = t.sagas.c
     with db.connect() as conn:
+        if db.dialect.name == "postgresql":
+            # One snapshot for every read: a fold that commits meanwhile must be seen by
+            # all of them or by none (SQLite's BEGIN IMMEDIATE already serialises them).
+            conn.execution_options(isolation_level="REPEATABLE READ")
         watermark = _watermark(conn)
         tallies = _aggregate(conn, db, watermark, None)
         for row in conn.execute(sa.select(t.metrics)):
