@@ -30,20 +30,30 @@ def saga_context(saga_id: str, **fields: Any) -> Iterator[None]:
 
 
 def _from_task(record: logging.LogRecord) -> Mapping[str, Any]:
-    """Saga id, step and attempt of the task a Celery log line is about (its task id)."""
+    """Saga id, step and attempt of the task a Celery log line is about (its task id).
+
+    Celery passes the task id as ``extra={"data": {"id": ...}}`` (received, succeeded,
+    raised) or only as an argument of the message (``Soft time limit (%ss) exceeded for
+    %s[%s]``, ``Task %s[%s] retry: %s``): the first sagakit task id found says which.
+    """
     data = getattr(record, "data", None)
-    task_id = data.get("id") if isinstance(data, Mapping) else getattr(record, "task_id", None)
-    parsed = parse_task_id(task_id) if isinstance(task_id, str) else None
-    if parsed is None:
-        return {}
-    return {"saga_id": parsed.saga_id, "step": parsed.step, "attempt": parsed.attempt}
+    candidates: list[Any] = [
+        data.get("id") if isinstance(data, Mapping) else getattr(record, "task_id", None)
+    ]
+    if isinstance(record.args, tuple):
+        candidates.extend(record.args)
+    for task_id in candidates:
+        parsed = parse_task_id(task_id) if isinstance(task_id, str) else None
+        if parsed is not None:
+            return {"saga_id": parsed.saga_id, "step": parsed.step, "attempt": parsed.attempt}
+    return {}
 
 
 class ContextFilter(logging.Filter):
     """Copy the saga context onto each record (with '-' outside a saga).
 
-    Celery's own lines (received, succeeded, raised) are logged outside any saga context;
-    their task id says which saga, step and attempt they are about.
+    Celery's own lines (received, succeeded, raised, soft time limit) are logged outside
+    any saga context; their task id says which saga, step and attempt they are about.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -54,8 +64,17 @@ class ContextFilter(logging.Filter):
         return True
 
 
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+"""Attributes every LogRecord has: the rest were given as ``extra``."""
+_SCALARS = (str, int, float, bool)
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line."""
+    """One JSON object per line, with the scalar ``extra`` fields of the record.
+
+    Structured extras (Celery's ``data``, which repeats the task's arguments and
+    traceback) are left out: the message already says what they hold.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
@@ -64,6 +83,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and key not in _FIELDS and isinstance(value, _SCALARS):
+                data.setdefault(key, value)
         for key in _FIELDS:
             value = getattr(record, key, "-")
             if value != "-":

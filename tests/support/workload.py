@@ -1,9 +1,10 @@
 """Sagas and step tasks used by the engine's tests; faults come in with the saga's input.
 
 ``input["faults"]`` maps a step instance name to a list of directives:
-``fail`` (non-retryable), ``transient:K`` (fail the first K attempts), ``slow:S`` (sleep S
-seconds), ``slow_first:S`` (sleep only on attempt 1), ``undo_fail:K`` (compensation fails its
-first K attempts), ``undo_fail_while:PATH`` (compensation fails while PATH exists).
+``fail`` (non-retryable), ``transient:K`` (fail the first K attempts with an unexpected
+exception), ``retryable:K`` (fail the first K attempts with `RetryableError`), ``slow:S``
+(sleep S seconds), ``slow_first:S`` (sleep only on attempt 1), ``undo_fail:K`` (compensation
+fails its first K attempts), ``undo_fail_while:PATH`` (compensation fails while PATH exists).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from sagakit import (
     NonRetryableError,
     Parallel,
+    RetryableError,
     RetryPolicy,
     Saga,
     Step,
@@ -35,13 +37,13 @@ def step(name: str, **options: Any) -> Step:
     # Every step reads its faults from the input: its messages carry the input, so the
     # steps also run on service workers that cannot reach the saga log.
     options.setdefault("reads", ("input",))
+    options.setdefault("timeout", TIMEOUT)
     return Step(
         name,
         action=f"work.{name}",
         queue="work",
         retry=FAST,
         compensation_retry=UNDO,
-        timeout=TIMEOUT,
         **options,
     )
 
@@ -61,6 +63,8 @@ pivoted = Saga(
 )
 mapped = Saga("mapped", [step("a"), step("each", for_each="input.items"), step("d")])
 noop = Saga("noop", [step(f"s{i}") for i in range(4)])
+hasty = Saga("hasty", [step("h", timeout=1.0), step("d")])
+"""Its first step has a one-second timeout: ``slow_first:3`` makes attempt 1 overrun it."""
 
 
 def _directives(ctx: StepContext) -> list[str]:
@@ -79,6 +83,8 @@ def _perform(ctx: StepContext) -> dict[str, Any]:
             raise NonRetryableError(f"{ctx.step} refused")
         elif not undo and kind == "transient" and ctx.attempt <= int(arg):
             raise RuntimeError(f"{ctx.step} flaked on attempt {ctx.attempt}")
+        elif not undo and kind == "retryable" and ctx.attempt <= int(arg):
+            raise RetryableError(f"{ctx.step} busy on attempt {ctx.attempt}")
         elif undo and kind == "undo_fail" and ctx.attempt <= int(arg):
             raise RuntimeError(f"undo {ctx.step} flaked on attempt {ctx.attempt}")
         elif undo and kind == "undo_fail_while" and os.path.exists(arg):
@@ -86,6 +92,6 @@ def _perform(ctx: StepContext) -> dict[str, Any]:
     return {"step": ctx.step, "attempt": ctx.attempt, "item": ctx.item}
 
 
-for _name in ("a", "b", "c", "d", "b1", "b2", "b3", "p", "r", "each", "s0", "s1", "s2", "s3"):
+for _name in ("a", "b", "c", "d", "b1", "b2", "b3", "p", "r", "h", "each", "s0", "s1", "s2", "s3"):
     saga_task(f"work.{_name}")(_perform)
     saga_task(f"work.undo_{_name}")(_perform)

@@ -46,7 +46,7 @@ class SagaLogCollector(Collector):
             started.add_metric([saga_type], snap.started.get(saga_type, 0))
         finished = CounterMetricFamily(
             "sagakit_sagas_finished",
-            "Sagas that settled, by outcome.",
+            "Sagas that settled, by outcome (a retried saga counts again when it settles again).",
             labels=["saga_type", "outcome"],
         )
         for saga_type in types:

@@ -7,6 +7,8 @@ those rows and aggregates only what came after the watermark, an index range of 
 minute or so. The watermark trails the clock by `LAG`: a transaction stamps its rows just
 before it commits, so once `LAG` has passed every row stamped before it is visible.
 Counters therefore stay complete and monotonic, and pruning old sagas does not lower them.
+They count history entries, which never change: a saga's settling is its ``saga_<outcome>``
+entry, not its head, which an operator's retry reopens.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..core.state import ACTIVE_STATUSES, parse_instance
+from ..core.state import ACTIVE_STATUSES, SETTLED_STATUSES, parse_instance
 from ..journal import OUTCOME_EVENTS
 from . import schema as t
 from .recovery import outbox
@@ -55,6 +57,8 @@ OUTCOME_LABELS: dict[str, tuple[str, str]] = {
     "compensation_failed": ("compensation", "failed"),
 }
 assert set(OUTCOME_LABELS) == OUTCOME_EVENTS
+SETTLED_EVENTS: dict[str, str] = {f"saga_{status}": status for status in SETTLED_STATUSES}
+"""The history entries of a saga settling, and the outcome each tells."""
 
 
 @dataclass
@@ -131,17 +135,20 @@ def _aggregate(
         sa.select(s.saga_type, sa.func.count()).where(*window(s.created_at)).group_by(s.saga_type)
     ):
         tallies["started"].counts[(row[0], "", "", "")] += int(row[1])
-    saga_seconds = _seconds(db, s.created_at, s.finished_at)
+    # A saga's settling is counted from its history entry, which stays: its head forgets
+    # it when an operator retries the saga (and counts it again if it settles again).
+    joined = t.transitions.join(t.sagas, s.saga_id == h.saga_id)
+    saga_seconds = _seconds(db, s.created_at, h.at)
     for row in conn.execute(
-        sa.select(s.saga_type, s.status, *_bucket_columns(saga_seconds))
-        .where(s.finished_at.is_not(None), *window(s.finished_at))
-        .group_by(s.saga_type, s.status)
+        sa.select(s.saga_type, h.event, *_bucket_columns(saga_seconds))
+        .select_from(joined)
+        .where(h.id > _id_floor(conn, since), h.event.in_(SETTLED_EVENTS), *window(h.at))
+        .group_by(s.saga_type, h.event)
     ):
-        key = (row[0], "", "", row[1])
+        key = (row[0], "", "", SETTLED_EVENTS[row[1]])
         tallies["finished"].counts[key] += int(row[-2])
         tallies["finished"].histograms[key].add(row[2:-1], row[-1])
     step_seconds = _seconds(db, h.started_at, h.at)
-    joined = t.transitions.join(t.sagas, s.saga_id == h.saga_id)
     for row in conn.execute(
         sa.select(s.saga_type, h.step, h.event, *_bucket_columns(step_seconds))
         .select_from(joined)
@@ -155,6 +162,24 @@ def _aggregate(
         tallies["attempts"].counts[key] += int(row[-2])
         tallies["attempts"].histograms[key].add(row[3:-1], row[-1])
     return tallies
+
+
+def _id_floor(conn: sa.Connection, since: datetime) -> int:
+    """An id below that of every history entry stamped at or after `since`.
+
+    An entry is stamped before it is inserted (which draws its id) and committed within
+    `LAG`, so an outcome entry stamped before ``since - LAG`` drew its id before `since`,
+    before any entry stamped from `since` on: one probe of the outcomes' index on ``at``
+    bounds a scan of the history by its primary key to the last minutes.
+    """
+    h = t.transitions.c
+    found = conn.execute(
+        sa.select(h.id)
+        .where(h.started_at.is_not(None), h.at < since - LAG)
+        .order_by(h.at.desc())
+        .limit(1)
+    ).scalar()
+    return int(found) if found is not None else 0
 
 
 def _watermark(conn: sa.Connection) -> datetime:
@@ -238,6 +263,10 @@ def snapshot(db: sa.Engine, now: datetime | None = None) -> Snapshot:
     now = now or datetime.now(UTC)
     s = t.sagas.c
     with db.connect() as conn:
+        if db.dialect.name == "postgresql":
+            # One snapshot for every read: a fold that commits meanwhile must be seen by
+            # all of them or by none (SQLite's BEGIN IMMEDIATE already serialises them).
+            conn.execution_options(isolation_level="REPEATABLE READ")
         watermark = _watermark(conn)
         tallies = _aggregate(conn, db, watermark, None)
         for row in conn.execute(sa.select(t.metrics)):

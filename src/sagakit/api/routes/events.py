@@ -44,6 +44,22 @@ class _Doorbell:
         )
         self.last = "$"
 
+    async def arm(self) -> None:
+        """Listen from the stream's newest entry on, before the log is first read.
+
+        Waiting from ``$`` after a read would miss what was written during that read,
+        and the stream would stall until the next entry or timeout.
+        """
+        if self.client is None:
+            return
+        try:
+            newest: Any = await self.client.xrevrange(self.stream, count=1)
+        except Exception:
+            await self.close()  # the log alone will do, polled
+            self.client = None
+            return
+        self.last = str(newest[0][0]) if newest else "0-0"
+
     async def wait(self, timeout: float) -> None:
         if self.client is None:
             await asyncio.sleep(POLL)
@@ -74,6 +90,7 @@ async def _follow(
     queries = system.queries
     deadline = time.monotonic() + max_seconds
     try:
+        await bell.arm()
         while True:
             # The status first: once it reads settled, the history read after it holds
             # every entry up to the end.
