@@ -36,6 +36,9 @@ def client_system(env: dict[str, str]) -> System:
             imports=["tests.support.workload"],
             redrive_after=4.0,
             timeout_grace=1.0,
+            # Like every process of a deployment, the one that starts sagas shares the
+            # workers' setting: it sends the first messages.
+            time_limits=env.get("SAGAKIT_TIME_LIMITS", "").lower() in ("1", "true"),
         )
     )
 

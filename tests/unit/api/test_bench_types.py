@@ -1,5 +1,5 @@
-"""Benchmark sagas (`sagakit.bench`) stay out of a user's API: only `sagakit bench` registers
-them, in its own System (``System(imports=["sagakit.bench"])``)."""
+"""Benchmark sagas (`sagakit.bench.sagas`) stay out of a user's API: only `sagakit bench` registers
+them, in its own System (``System(imports=["sagakit.bench.sagas"])``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sagakit import Settings, System, UnknownSagaType
 from sagakit.api.metrics import registry_for
-from sagakit.bench import BENCH_SAGAS
+from sagakit.bench.sagas import BENCH_SAGAS
 from sagakit.core.state import ACTIVE_STATUSES
 from sagakit.settings import EMBEDDED_BROKER
 from tests.support.served import embedded_server
@@ -65,7 +65,7 @@ def test_only_the_benchmarks_own_system_registers_its_sagas(tmp_path: Path) -> N
         imports=["sagakit_examples.slam"],
     )
     user = System(settings)
-    bench = System(settings, imports=["sagakit.bench"])  # as `sagakit bench` builds it
+    bench = System(settings, imports=["sagakit.bench.sagas"])  # as `sagakit bench` builds it
 
     assert set(user.sagas) == {"slam"}
     assert set(bench.sagas) == {"slam", *BENCH_TYPES}

@@ -115,8 +115,9 @@ def test_a_reader_that_reconnects_with_last_event_id_gets_exactly_what_it_missed
 
     def planning(events: list[Event]) -> bool:
         return any(
-            (data(e)["event"], data(e)["step"]) == ("step_scheduled", "plan_routes")
+            sent["step"] == "plan_routes"
             for e in transitions(events)
+            for sent in (data(e)["detail"] or {}).get("scheduled", ())
         )
 
     first = read(http, saga_id, until=planning)  # then the client hangs up
@@ -146,17 +147,22 @@ def test_an_idle_stream_carries_keep_alive_comments(http: httpx.Client) -> None:
 
     events = read(http, saga_id)
 
-    def at(event: str, step: str) -> int:
+    def at(predicate: Callable[[dict[str, Any]], bool]) -> int:
         [index] = [
             i
             for i, e in enumerate(events)
-            if e.comment is None
-            and e.event == "transition"
-            and (data(e)["event"], data(e)["step"]) == (event, step)
+            if e.comment is None and e.event == "transition" and predicate(data(e))
         ]
         return index
 
-    idle = events[at("step_scheduled", "plan_routes") : at("step_completed", "plan_routes")]
+    def schedules_planning(entry: dict[str, Any]) -> bool:
+        sent = (entry["detail"] or {}).get("scheduled", ())
+        return any(s["step"] == "plan_routes" for s in sent)
+
+    def planned(entry: dict[str, Any]) -> bool:
+        return (entry["event"], entry["step"]) == ("step_completed", "plan_routes")
+
+    idle = events[at(schedules_planning) : at(planned)]
     comments = [e for e in idle if e.comment is not None]
     # plan_routes sleeps 1.5 s: at one comment every 0.2 s, several arrive meanwhile.
     assert len(comments) >= 3, [(e.event, e.comment) for e in idle]
