@@ -1,9 +1,12 @@
 """The engine: the one place where the pure core meets the saga log and the broker.
 
-A transition is one database transaction: lock the saga, load what `decide` needs, decide,
-write what changed (the head, the step rows with their messages, the history), commit; then
-send the messages that are due and publish the history entries. A crash after the commit
-loses nothing: every message is a step row the sweeper can send again (`sweeper.py`).
+A transition decides on what was read of the saga and writes what changed (the head, the
+step rows with their messages, the history) in one statement; then sends the messages that
+are due and publishes the history entries. An attempt's outcome is decided on the read the
+worker made before running it, and written only if the saga's version is still the one
+read; otherwise, and for every other event, the saga is read again under its row lock
+(`store.log`). A crash after the write loses nothing: every message is a step row the
+sweeper can send again (`sweeper.py`).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from .core.state import SagaState
 from .journal import Attempt, Entry, entries
 from .messages import OutboxMessage, StepKwargs, task_id
 from .ports import Dispatcher, EventPublisher
-from .store.log import SqlLog
+from .store.log import Snapshot, SqlLog, Transition
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +150,13 @@ class Engine:
         timed_out: bool = False,
         worker: str | None = None,
         started_at: datetime | None = None,
+        snapshot: Snapshot | None = None,
     ) -> Decision:
-        """Record what one attempt did and advance the saga, in one transaction."""
+        """Record what one attempt did and advance the saga, in one write.
+
+        `snapshot` is the saga as the worker read it before running the attempt: the
+        outcome is applied to it unless the saga changed since.
+        """
         text = _error_text(error)
         step, number = kwargs["step"], kwargs["attempt"]
         event: Outcome
@@ -166,41 +174,74 @@ class Engine:
             event = CompensationSucceeded(step, number)
         undo_output = output if kwargs["direction"] == "compensation" else None
         attempt = Attempt(task, worker, started_at, traceback, undo_output)
-        return self.record(kwargs["saga_id"], event, attempt)
+        return self.record(kwargs["saga_id"], event, attempt, snapshot)
 
-    def record(self, saga_id: str, event: Event, attempt: Attempt | None = None) -> Decision:
-        """Apply one event under the saga's row lock. Raises SagaNotFound, InvalidTransition."""
+    def record(
+        self,
+        saga_id: str,
+        event: Event,
+        attempt: Attempt | None = None,
+        snapshot: Snapshot | None = None,
+    ) -> Decision:
+        """Apply one event: to `snapshot` if nothing changed the saga since it was read,
+        else under the saga's row lock. Raises SagaNotFound, InvalidTransition."""
         now = self.clock()
-        with self.log.transition(saga_id, needs(event)) as tx:
-            saga = self.definition(tx.state.saga_type)
-            decision = decide(saga, tx.state, tx.steps, event)
-            if decision.ignored:
-                logger.info(
-                    "outcome ignored: stale or duplicate",
-                    extra={"saga_id": saga_id, "step": getattr(event, "step", "-")},
-                )
-                return decision
-            messages = self._messages(saga, decision, now)
-            rows = entries(tx.state, decision, event, list(messages.values()), now, attempt)
-            output = (event.step, event.output) if isinstance(event, StepSucceeded) else None
-            tx.write(decision, messages, rows, now=now, output=output)
-        if tx.state.status != decision.state.status:
+        wanted = needs(event)
+        applied = None
+        if snapshot is not None and snapshot.covers(wanted):
+            applied = self._apply(self.log.on(snapshot), event, attempt, now)
+        if applied is None:
+            with self.log.transition(saga_id, wanted) as tx:
+                applied = self._apply(tx, event, attempt, now)
+        before, decision, messages, rows = applied
+        if decision.ignored:
+            logger.info(
+                "outcome ignored: stale or duplicate",
+                extra={"saga_id": saga_id, "step": getattr(event, "step", "-")},
+            )
+            return decision
+        if before.status != decision.state.status:
             logger.info(
                 "saga %s",
                 decision.state.status.value,
-                extra={"saga_id": saga_id, "from": tx.state.status.value},
+                extra={"saga_id": saga_id, "from": before.status.value},
             )
         self._after_commit(messages.values(), rows, now)
         return decision
 
-    def send(self, messages: Sequence[OutboxMessage], entries: Sequence[Entry] = ()) -> int:
-        """Send messages whose rows are marked sent; mark back those the broker refused.
+    def _apply(
+        self, tx: Transition, event: Event, attempt: Attempt | None, now: datetime
+    ) -> tuple[SagaState, Decision, dict[str, OutboxMessage], list[Entry]] | None:
+        """Decide on what `tx` read and write it; None if, read without the lock, the saga
+        changed meanwhile (or the decision would be to ignore the event: the lock's fresh
+        read tells)."""
+        saga = self.definition(tx.state.saga_type)
+        locked = tx.conn is not None
+        decision = decide(saga, tx.state, tx.steps, event)
+        if decision.ignored:
+            return (tx.state, decision, {}, []) if locked else None
+        messages = self._messages(saga, decision, now)
+        rows = entries(tx.state, decision, event, list(messages.values()), now, attempt)
+        output = (event.step, event.output) if isinstance(event, StepSucceeded) else None
+        if not tx.write(decision, messages, rows, now=now, output=output):
+            return None
+        return tx.state, decision, messages, rows
+
+    def send(
+        self,
+        messages: Sequence[OutboxMessage],
+        entries: Sequence[Entry] = (),
+        *,
+        sent_at: datetime | None = None,
+    ) -> int:
+        """Send messages whose rows were marked sent at `sent_at`; mark back those the
+        broker refused.
 
         `entries` are published with them when the dispatcher publishes events too.
         """
         if self.dispatcher is None or not (messages or entries):
             return 0
-        refused = self.dispatcher.send(messages, entries)
+        refused = self.dispatcher.send(messages, entries, sent_at=sent_at)
         if refused:
             logger.warning(
                 "broker did not take %d messages; the sweeper will send them",
@@ -281,9 +322,9 @@ class Engine:
     def _after_commit(self, messages: Any, rows: Sequence[Entry], now: datetime) -> None:
         due = [m for m in messages if m.not_before <= now]
         if self.dispatcher is not None and self.dispatcher.publishes_events:
-            self.send(due, rows)  # one round trip for both
+            self.send(due, rows, sent_at=now)  # one round trip for both
             return
-        self.send(due)
+        self.send(due, sent_at=now)
         if rows and self.events is not None:
             try:
                 self.events.publish(rows)

@@ -7,11 +7,11 @@ Every worker runs a sweeper (`runtime.worker.SweeperThread`) that, every interva
    whose name came back with a new process) has lost its tasks: those it was running time
    out (they may have taken effect), those it held unstarted are sent again;
 3. sends messages whose rows are unsent: a broker that refused them, a retry's delay;
-4. re-sends what the broker lost: when the broker says it lost its queues (a Redis
-   restart without persistence, a flush), every outstanding message no live worker holds;
-   and, as a safety net, a message unclaimed for `redrive_after` whose queue is empty and
-   that no worker holds (backing off per row). A message still waiting in a long queue is
-   never sent twice;
+4. re-sends what the broker lost: when the broker's epoch moves (a Redis restart without
+   persistence, a flush: the queues hold only what was sent since), every outstanding
+   message sent before it that no live worker holds; and, as a safety net, a message
+   unclaimed for `redrive_after` whose queue is empty and that no worker holds (backing
+   off per row). A message still waiting in a long queue is never sent twice;
 5. times out attempts that run past their step's timeout (the heartbeat says since when);
 6. fires saga deadlines;
 7. folds finished sagas and attempts into the metrics counters.
@@ -44,9 +44,10 @@ logger = logging.getLogger(__name__)
 class BrokerWatch(Protocol):
     """What the sweeper asks the broker."""
 
-    def lost(self) -> datetime | None:
-        """Once the broker has lost its queued messages: the time before which messages sent
-        were lost (None otherwise)."""
+    def epoch(self) -> datetime | None:
+        """The time from which the broker holds every message sent (messages sent before
+        it and not taken were lost); None for a broker that keeps its messages, or that
+        cannot be asked now."""
 
     def depth(self, queue: str) -> int | None:
         """Messages waiting in `queue`, or None when the broker cannot tell."""
@@ -94,7 +95,8 @@ class Sweeper:
     prune_every: float = 300.0
     batch: int = 200
     _expired: set[str] = field(default_factory=set)
-    _redrive_before: datetime | None = None
+    _epoch: datetime | None = None
+    _redrive: recovery.Redrive | None = None
     _next_rollup: float = 0.0
     _next_prune: float = 0.0
 
@@ -124,21 +126,7 @@ class Sweeper:
             report.lost += self._take_over(dead.name, dead.held)
         alive = recovery.workers(self.db)
         held = {h.task_id for w in alive for h in w.held}
-        lost_before = self.broker.lost() if self.broker is not None else None
-        if lost_before is not None:
-            self._redrive_before = lost_before
-        if self._redrive_before is not None:
-            lost = recovery.sent_before(self.db, self._redrive_before, self.batch)
-            if len(lost) < self.batch:
-                self._redrive_before = None
-            count = recovery.unsend(self.db, [p for p in lost if p.task_id not in held])
-            if count:
-                logger.warning(
-                    "%d messages were lost by the broker (restarted, flushed, or an earlier "
-                    "embedded run): sending them again",
-                    count,
-                )
-            report.resent += count
+        report.resent += self._resend_lost(held)
         report.sent = self._send_due(now)
         report.resent += self._resend_stranded(now, held)
         report.timed_out = self._time_out(alive, now)
@@ -172,7 +160,28 @@ class Sweeper:
                 logger.warning(
                     "message %s not sent: step %s is not defined here", p.task_id, p.name
                 )
-        return self.engine.send(messages)
+        return self.engine.send(messages, sent_at=now)
+
+    def _resend_lost(self, held: set[str]) -> int:
+        """Once the broker's epoch moves, send again (a batch per sweep) what was sent
+        before it and is neither done nor held by a live worker."""
+        epoch = self.broker.epoch() if self.broker is not None else None
+        if epoch is not None and (self._epoch is None or epoch > self._epoch):
+            self._epoch = epoch
+            self._redrive = recovery.Redrive(epoch)
+        if self._redrive is None:
+            return 0
+        lost = recovery.sent_before(self.db, self._redrive, self.batch)
+        if len(lost) < self.batch:
+            self._redrive = None
+        count = recovery.unsend(self.db, [p for p in lost if p.task_id not in held])
+        if count:
+            logger.warning(
+                "the broker lost queued messages (restarted, flushed, or an earlier "
+                "embedded run): sending %d again",
+                count,
+            )
+        return count
 
     def _resend_stranded(self, now: datetime, held: set[str]) -> int:
         stale = [

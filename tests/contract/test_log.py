@@ -57,6 +57,49 @@ def test_a_worker_check_tells_current_from_stale_and_unknown(rig: Rig) -> None:
     assert log.check("missing", "a", "action", 1) is None
 
 
+def test_an_outcome_is_one_write_when_nothing_changed_the_saga(rig: Rig) -> None:
+    saga_id = rig.engine.start("two", {}).saga_id
+    counts = rig.engine.log.counts
+    snapshot = rig.check(rig.last())
+    assert snapshot is not None and set(snapshot.steps) == {"a"}
+    before = (counts.transactions, counts.statements)
+    rig.complete(rig.last(), {"made": "a"}, snapshot)
+    spent = (counts.transactions - before[0], counts.statements - before[1])
+    postgres = rig.engine.log.postgres
+    # PostgreSQL: one statement that commits on its own; SQLite: one statement per row.
+    assert spent == (1, 1) if postgres else spent[0] == 1
+    stored = rig.queries.stored(saga_id)
+    assert stored.steps["a"].order == 1 and stored.steps["b"].status == "running"
+    assert rig.queries.replay(rig.engine.sagas["two"], saga_id) == stored
+
+
+def test_an_outcome_read_before_a_cancel_is_applied_to_the_cancelled_saga(rig: Rig) -> None:
+    saga_id = rig.engine.start("two", {}).saga_id
+    rig.complete(rig.last())
+    b = rig.last()
+    snapshot = rig.check(b)  # the worker reads, then runs b ...
+    rig.engine.cancel(saga_id, "no longer wanted")  # ... while an operator cancels
+    history = len(rig.queries.history(saga_id))
+    rig.complete(b, {"made": "b"}, snapshot)  # written from the fresh read, under the lock
+    stored = rig.queries.stored(saga_id)
+    assert stored.state.status == "compensating" and stored.state.reason == "cancelled: no longer wanted"
+    # b took effect after the cancel: it is undone first, then a.
+    assert rig.last().task_id == f"{saga_id}.02.b.comp.1"
+    assert [h.event for h in rig.queries.history(saga_id)[history:]] == ["step_completed"]
+    assert rig.queries.replay(rig.engine.sagas["two"], saga_id) == stored
+
+
+def test_an_outcome_read_before_a_duplicate_was_recorded_is_ignored(rig: Rig) -> None:
+    saga_id = rig.engine.start("two", {}).saga_id
+    a = rig.last()
+    first, second = rig.check(a), rig.check(a)  # delivered twice, both read before either ends
+    rig.complete(a, {"run": 1}, first)
+    before = (rig.queries.stored(saga_id), len(rig.queries.history(saga_id)))
+    rig.complete(a, {"run": 2}, second)
+    assert (rig.queries.stored(saga_id), len(rig.queries.history(saga_id))) == before
+    assert rig.engine.log.output(saga_id, "a") == (True, {"run": 1})
+
+
 def test_broker_outage_is_covered_by_the_sweeper(rig: Rig) -> None:
     rig.engine.dispatcher = FailingDispatcher()
     saga_id = rig.engine.start("two", {}).saga_id
@@ -104,12 +147,31 @@ def test_when_the_broker_lost_its_queues_what_nobody_holds_is_sent_again(rig: Ri
     ids = [rig.engine.start("two", {}).saga_id for _ in range(3)]
     held = f"{ids[0]}.01.a.fwd.1"
     rig.held = [Held(held, rig.clock().timestamp(), 10.0)]
+    rig.clock.advance(1)
+    rig.broker.epoch_at = rig.clock()  # the queues were emptied, then ...
+    rig.clock.advance(1)
+    later = [rig.engine.start("two", {}).saga_id for _ in range(2)]  # ... these were sent
     rig.broker.depths["celery"] = 2  # new traffic already: depth says nothing here
-    rig.broker.lost_before = rig.clock()
     report = rig.sweeper.sweep()
     assert report.resent == 2
-    resent = [m.task_id for m in rig.dispatcher.sent[3:]]
+    resent = [m.task_id for m in rig.dispatcher.sent[5:]]
     assert sorted(resent) == sorted(f"{s}.01.a.fwd.1" for s in ids[1:])
+    assert not {f"{s}.01.a.fwd.1" for s in later} & set(resent)
+    for _ in range(3):  # the same epoch: nothing more is lost
+        assert rig.sweeper.sweep().resent == 0
+
+
+def test_a_lost_backlog_is_sent_again_a_batch_per_sweep_past_held_messages(rig: Rig) -> None:
+    rig.sweeper.batch = 4
+    ids = [rig.engine.start("two", {}).saga_id for _ in range(10)]
+    rig.held = [Held(f"{s}.01.a.fwd.1", rig.clock().timestamp(), 10.0) for s in ids[:5]]
+    rig.clock.advance(1)
+    rig.broker.epoch_at = rig.clock()
+    resent = [rig.sweeper.sweep().resent for _ in range(5)]
+    assert sum(resent) == 5 and max(resent) <= 4  # a batch of 4 rows per sweep
+    assert resent[3:] == [0, 0]  # 10 rows: the pass ended with the third batch
+    again = {m.task_id for m in rig.dispatcher.sent[10:]}
+    assert again == {f"{s}.01.a.fwd.1" for s in ids[5:]}
 
 
 def test_a_dead_workers_tasks_time_out_or_are_sent_again(rig: Rig) -> None:

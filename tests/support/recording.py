@@ -20,7 +20,11 @@ class RecordingDispatcher:
         self._lock = threading.Lock()
 
     def send(
-        self, messages: Sequence[OutboxMessage], entries: Sequence[Entry] = ()
+        self,
+        messages: Sequence[OutboxMessage],
+        entries: Sequence[Entry] = (),
+        *,
+        sent_at: datetime | None = None,
     ) -> list[OutboxMessage]:
         with self._lock:
             self.sent.extend(messages)
@@ -34,7 +38,11 @@ class FailingDispatcher(RecordingDispatcher):
     """A broker that is down: it takes nothing."""
 
     def send(
-        self, messages: Sequence[OutboxMessage], entries: Sequence[Entry] = ()
+        self,
+        messages: Sequence[OutboxMessage],
+        entries: Sequence[Entry] = (),
+        *,
+        sent_at: datetime | None = None,
     ) -> list[OutboxMessage]:
         return list(messages)
 
@@ -54,11 +62,11 @@ class Broker:
 
     def __init__(self) -> None:
         self.depths: dict[str, int] = {}
-        self.lost_before: datetime | None = None
+        self.epoch_at: datetime | None = None
+        """The broker's epoch (None: a broker that keeps its messages)."""
 
-    def lost(self) -> datetime | None:
-        lost, self.lost_before = self.lost_before, None
-        return lost
+    def epoch(self) -> datetime | None:
+        return self.epoch_at
 
     def depth(self, queue: str) -> int | None:
         return self.depths.get(queue, 0)

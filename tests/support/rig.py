@@ -10,6 +10,7 @@ from sagakit import Engine, Parallel, RetryPolicy, Saga, Step
 from sagakit.messages import OutboxMessage
 from sagakit.queries import Queries
 from sagakit.store import SqlLog, make_db, upgrade
+from sagakit.store.log import Snapshot
 from sagakit.store.recovery import Held
 from sagakit.sweeper import Identity, Sweeper
 from tests.support.recording import Broker, RecordingDispatcher, RecordingPublisher
@@ -95,12 +96,32 @@ class Rig:
     def last(self) -> OutboxMessage:
         return self.dispatcher.sent[-1]
 
-    def complete(self, message: OutboxMessage, output: object = None) -> None:
-        self.engine.finish(message.kwargs, message.task_id, output=output, worker="w1@test")
+    def check(self, message: OutboxMessage) -> Snapshot | None:
+        """What a worker reads before it runs `message`: the saga as of now."""
+        kw = message.kwargs
+        found = self.engine.log.check(kw["saga_id"], kw["step"], kw["direction"], kw["attempt"])
+        return None if found is None else found.snapshot
 
-    def fail(self, message: OutboxMessage, error: str = "boom") -> None:
+    def complete(
+        self, message: OutboxMessage, output: object = None, snapshot: Snapshot | None = None
+    ) -> None:
+        """Finish `message` as a worker does: from its read of the saga (made now unless
+        given)."""
+        snapshot = snapshot or self.check(message)
         self.engine.finish(
-            message.kwargs, message.task_id, error=RuntimeError(error), worker="w1@test"
+            message.kwargs, message.task_id, output=output, worker="w1@test", snapshot=snapshot
+        )
+
+    def fail(
+        self, message: OutboxMessage, error: str = "boom", snapshot: Snapshot | None = None
+    ) -> None:
+        snapshot = snapshot or self.check(message)
+        self.engine.finish(
+            message.kwargs,
+            message.task_id,
+            error=RuntimeError(error),
+            worker="w1@test",
+            snapshot=snapshot,
         )
 
     def running(self, message: OutboxMessage) -> None:

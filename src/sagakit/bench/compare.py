@@ -325,14 +325,22 @@ class Harness:
         first = min(submitted.values())
         rate = in_flight / max(max(ended.values()) - first, 1e-6)
         units = in_flight
-        work = units * steps if not name.endswith("fail") else units * (2 * steps - 3)
+        tasks = tasks_per_unit(name, steps)
         return Phase(
             latency=statistics.median(latencies),
             rate=rate,
-            steps=steps if not name.endswith("fail") else 2 * steps - 3,
+            steps=tasks,
             cpu={role: s / units for role, s in spent["cpu"].items()},
-            traffic={key: v / work for key, v in spent["traffic"].items()},
+            traffic={key: v / (units * tasks) for key, v in spent["traffic"].items()},
         )
+
+
+def tasks_per_unit(name: str, steps: int) -> int:
+    """Tasks one unit runs: one raw task; M steps; on the failure path M - 2 steps that
+    succeed, the one that fails and M - 2 compensations."""
+    if name == "raw":
+        return 1
+    return 2 * steps - 3 if name.endswith("fail") else steps
 
 
 def compare(

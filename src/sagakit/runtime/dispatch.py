@@ -32,7 +32,11 @@ from ..streams.codec import encode
 logger = logging.getLogger(__name__)
 
 EPOCH_KEY = "sagakit:broker-epoch"
-"""A key kept in the broker's Redis database: when it is gone, so are the queued messages."""
+"""A key kept in the broker's Redis database beside the queues: when it is gone, so are the
+queued messages. Its value is the epoch second from which the queues hold what was sent:
+whoever sends first into an emptied broker (a sender, or a sweeper) sets it (``SET NX``) to
+the time its messages' rows were marked sent, so the messages sent before it were lost and
+those sent since were not."""
 
 
 class CeleryDispatcher:
@@ -65,7 +69,11 @@ class CeleryDispatcher:
         return headers, properties, body
 
     def send(
-        self, messages: Sequence[OutboxMessage], entries: Sequence[Entry] = ()
+        self,
+        messages: Sequence[OutboxMessage],
+        entries: Sequence[Entry] = (),
+        *,
+        sent_at: datetime | None = None,
     ) -> list[OutboxMessage]:
         """Publish the messages; return them all if the broker refused any."""
         if not messages:
@@ -144,12 +152,20 @@ class RedisDispatcher(CeleryDispatcher):
         )
 
     def send(
-        self, messages: Sequence[OutboxMessage], entries: Sequence[Entry] = ()
+        self,
+        messages: Sequence[OutboxMessage],
+        entries: Sequence[Entry] = (),
+        *,
+        sent_at: datetime | None = None,
     ) -> list[OutboxMessage]:
-        """Push the messages (and append the entries to the stream) in one round trip."""
+        """Push the messages (and append the entries to the stream) in one round trip; with
+        the messages, set the broker's epoch marker if it is gone (see `EPOCH_KEY`)."""
         if not messages and not (entries and self.stream):
             return []
         pipe = self.client.pipeline(transaction=False)
+        if messages:
+            at = (sent_at or datetime.now(UTC)).timestamp()
+            pipe.set(EPOCH_KEY, f"{at:.6f}", nx=True)
         for m in messages:
             pipe.lpush(m.queue, self.envelope(m))
         if self.stream is not None:
@@ -189,12 +205,12 @@ def dispatcher_for(
 
 
 class BrokerWatch:
-    """Tells the sweeper how deep a queue is and whether the broker lost its messages.
+    """Tells the sweeper how deep a queue is and since when the broker holds what was sent.
 
-    On Redis, a marker key lives beside the queues: a restart without persistence or a
-    flush removes both, and the first sweeper to see the marker gone puts it back and
-    re-sends what no worker holds. The in-process broker of the embedded default starts
-    empty with each process. Other brokers (RabbitMQ's durable queues) keep messages.
+    On Redis, the epoch marker (`EPOCH_KEY`) lives beside the queues: a restart without
+    persistence or a flush removes both, and the next send or sweep puts it back with the
+    time from which the queues are whole. The in-process broker of the embedded default
+    starts empty with each process. Other brokers (RabbitMQ's durable queues) keep messages.
     """
 
     def __init__(self, app: Any) -> None:
@@ -203,24 +219,30 @@ class BrokerWatch:
         url = str(app.conf.broker_url or "")
         self.kind = url.split("://", 1)[0]
         self._client: Any = None
-        self._first = True
         if self.kind in ("redis", "rediss"):
             import redis
 
             self._client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
-    def lost(self) -> datetime | None:
-        """Once the broker has lost its queued messages: before when they were sent."""
-        first, self._first = self._first, False
+    def epoch(self) -> datetime | None:
+        """The time from which the broker holds every message sent: those sent before it
+        and not yet taken were lost. None when the broker keeps its messages or cannot be
+        asked now."""
         if self.kind == "memory":
-            return self.born if first else None  # this process's broker began empty
+            return self.born  # this process's broker began empty
         if self._client is None:
             return None
         try:
-            gone = self._client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
+            pipe = self._client.pipeline(transaction=False)
+            pipe.set(EPOCH_KEY, f"{datetime.now(UTC).timestamp():.6f}", nx=True)
+            pipe.get(EPOCH_KEY)
+            _, value = pipe.execute()
         except Exception:
             return None  # cannot tell: the next sweep asks again
-        return datetime.now(UTC) if gone else None
+        try:
+            return datetime.fromtimestamp(float(value), UTC)
+        except (TypeError, ValueError):
+            return datetime.fromtimestamp(0, UTC)  # a marker of an earlier version: whole
 
     def depth(self, queue: str) -> int | None:
         """Messages waiting in `queue`; None when the broker cannot be asked."""

@@ -102,7 +102,14 @@ def execute(task: Any, fn: StepFunction, kwargs: Mapping[str, Any]) -> None:
         started = _now()
 
         def finish(**outcome: Any) -> None:
-            engine.finish(message, task_id, worker=worker, started_at=started, **outcome)
+            engine.finish(
+                message,
+                task_id,
+                worker=worker,
+                started_at=started,
+                snapshot=check.snapshot,
+                **outcome,
+            )
 
         try:
             output = jsonable(fn(context))

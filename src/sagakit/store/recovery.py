@@ -190,16 +190,33 @@ def take_due(
     return _pending(rows)
 
 
-def sent_before(db: sa.Engine, before: datetime, limit: int) -> list[Pending]:
-    """Outstanding messages sent before `before`, oldest first."""
+@dataclass
+class Redrive:
+    """A pass over the messages sent before `before`, a batch at a time (`sent_before`)."""
+
+    before: datetime
+    after: tuple[datetime, str, str] | None = None
+    """Where the last batch ended: (sent_at, saga_id, name)."""
+
+
+def sent_before(db: sa.Engine, redrive: Redrive, limit: int) -> list[Pending]:
+    """The next batch of outstanding messages sent before `redrive.before`, oldest first;
+    moves `redrive` past them."""
     st = t.steps.c
+    query = (
+        _pending_select()
+        .add_columns(st.sent_at)
+        .where(st.status.in_(BUSY_STATUSES), st.sent_at < redrive.before)
+        .order_by(st.sent_at, st.saga_id, st.name)
+        .limit(limit)
+    )
+    if redrive.after is not None:
+        query = query.where(sa.tuple_(st.sent_at, st.saga_id, st.name) > redrive.after)
     with db.connect() as conn:
-        rows = conn.execute(
-            _pending_select()
-            .where(st.status.in_(BUSY_STATUSES), st.sent_at <= before)
-            .order_by(st.sent_at)
-            .limit(limit)
-        ).all()
+        rows = conn.execute(query).all()
+    if rows:
+        last = rows[-1]
+        redrive.after = (last.sent_at, last.saga_id, last.name)
     return _pending(rows)
 
 

@@ -64,6 +64,7 @@ sagas = sa.Table(
     sa.Column("open_steps", sa.Integer, nullable=False),
     sa.Column("busy_steps", sa.Integer, nullable=False),
     sa.Column("sources", Json),
+    sa.Column("version", sa.Integer, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime),

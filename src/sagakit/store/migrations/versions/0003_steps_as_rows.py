@@ -3,8 +3,9 @@
 The saga row keeps a small head instead of a JSON snapshot of every step and output; each
 step instance becomes a row of ``sagakit_steps`` (its state, its output and the message of
 its current attempt); attempts are told by the history, whose outcome entries gain the
-attempt's start time, worker and task id. The rows of sagas in flight are carried over, so
-they go on where they were.
+attempt's start time, worker and task id. The saga row keeps its ``version``, which every
+transition raises (a write made from an earlier read of the saga changes nothing). The rows
+of sagas in flight are carried over, so they go on where they were.
 
 Revision ID: 0003
 Revises: 0002
@@ -66,7 +67,6 @@ def upgrade() -> None:
     ):
         op.drop_index(index, table_name="sagakit_sagas")
     op.execute("ALTER TABLE sagakit_sagas DROP COLUMN state")
-    op.execute("ALTER TABLE sagakit_sagas DROP COLUMN version")
     op.drop_table("sagakit_outbox")
     op.drop_table("sagakit_step_attempts")
     _create_indexes()
