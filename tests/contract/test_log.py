@@ -82,7 +82,8 @@ def test_an_outcome_read_before_a_cancel_is_applied_to_the_cancelled_saga(rig: R
     history = len(rig.queries.history(saga_id))
     rig.complete(b, {"made": "b"}, snapshot)  # written from the fresh read, under the lock
     stored = rig.queries.stored(saga_id)
-    assert stored.state.status == "compensating" and stored.state.reason == "cancelled: no longer wanted"
+    assert stored.state.status == "compensating"
+    assert stored.state.reason == "cancelled: no longer wanted"
     # b took effect after the cancel: it is undone first, then a.
     assert rig.last().task_id == f"{saga_id}.02.b.comp.1"
     assert [h.event for h in rig.queries.history(saga_id)[history:]] == ["step_completed"]

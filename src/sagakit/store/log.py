@@ -167,10 +167,12 @@ class _Sql:
         # which psycopg converts once and the server plans once.
         # The head's write comes first, as the CTE `ok`: it changes the row only at the
         # version read, and every other write joins `ok`, so all or none take effect.
-        head_cols = ", ".join((*HEAD_COLUMNS, "updated_at", "finished_at"))
-        head_values = ", ".join(f"v.{c}" for c in (*HEAD_COLUMNS, "updated_at", "finished_at"))
+        written = (*HEAD_COLUMNS, "updated_at", "finished_at")
+        head_cols = ", ".join(written)
+        head_values = ", ".join(f"v.{c}" for c in written)
         self.doc_head = (
-            f"UPDATE sagakit_sagas AS t SET ({head_cols}, version) = ({head_values}, t.version + 1) "
+            f"UPDATE sagakit_sagas AS t SET ({head_cols}, version) = "
+            f"({head_values}, t.version + 1) "
             "FROM jsonb_populate_record(NULL::sagakit_sagas, :doc) AS v "
             "WHERE t.saga_id = :saga_id AND t.version = :expected RETURNING 1 AS applied"
         )
@@ -426,7 +428,9 @@ class SqlLog:
             raise
         conn.execute("COMMIT")
 
-    def _read(self, conn: Any, saga_id: str, name: str | None, *, lock: bool, with_input: bool) -> tuple[Snapshot, Any] | None:
+    def _read(
+        self, conn: Any, saga_id: str, name: str | None, *, lock: bool, with_input: bool
+    ) -> tuple[Snapshot, Any] | None:
         """The saga's head and version, instance `name` and the next to undo, in one row;
         (snapshot, the input if asked and small); None for an unknown saga."""
         row = self._run(
@@ -589,9 +593,7 @@ class SqlLog:
         if direction == "action":
             current = st.status is StepStatus.RUNNING and st.attempt == attempt
         else:
-            current = (
-                st.status is StepStatus.COMPENSATING and st.compensation_attempt == attempt
-            )
+            current = st.status is StepStatus.COMPENSATING and st.compensation_attempt == attempt
         return AttemptCheck(current, snapshot.state.saga_type, st.item, small_input, snapshot)
 
     def input(self, saga_id: str) -> dict[str, Any]:
