@@ -193,6 +193,7 @@ class Engine:
         if applied is None:
             with self.log.transition(saga_id, wanted) as tx:
                 applied = self._apply(tx, event, attempt, now)
+            assert applied is not None  # under the lock, a write always takes effect
         before, decision, messages, rows = applied
         if decision.ignored:
             logger.info(
