@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from contextlib import ExitStack
 from typing import Annotated, Any
 
 import typer
 
-from ..bench import MAX_STEPS
 from ..core.errors import InvalidInput
 from ..core.state import SETTLED_STATUSES
-from ..logs import configure_logging
 from . import render
 from .sagas import open_system
 
@@ -36,6 +33,11 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
         """Start N sagas at once, wait for all, print latency percentiles and sagas/s."""
+        import statistics
+
+        from ..bench import MAX_STEPS
+        from ..logs import configure_logging
+
         if steps > MAX_STEPS:
             raise InvalidInput("--steps", f"at most {MAX_STEPS}")
         configure_logging("WARNING")
