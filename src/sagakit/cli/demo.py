@@ -7,10 +7,8 @@ from contextlib import ExitStack
 from typing import Annotated, Any
 
 import typer
-from rich.rule import Rule
 
 from ..core.errors import SagaError
-from ..logs import configure_logging
 from . import render
 from .sagas import open_system
 
@@ -31,6 +29,10 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[float, typer.Option(help="Seconds per mission.")] = 120.0,
     ) -> None:
         """Run three SLAM missions (one completes, two compensate) and show each timeline."""
+        from rich.rule import Rule
+
+        from ..logs import configure_logging
+
         configure_logging("WARNING")
         # Injected failures are expected here: keep Celery's tracebacks out of the demo.
         logging.getLogger("celery.app.trace").setLevel(logging.CRITICAL)

@@ -5,18 +5,12 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from celery import signals
 
-from ..engine import utcnow
-from ..logs import configure_logging
-from ..runtime.worker import SweeperThread
-from ..settings import load_settings
-from ..store import upgrade_database
-from ..system import System, install_worker_logging
-from .worker_options import WorkerOptions, check_log_level, check_node_name
+if TYPE_CHECKING:
+    from ..system import System
 
 
 def register(app: typer.Typer) -> None:
@@ -25,6 +19,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def migrate() -> None:
         """Create or upgrade the saga log's tables (Alembic)."""
+        from ..settings import load_settings
+        from ..store import upgrade_database
+
         settings = load_settings()
         upgrade_database(settings.database_url)
         typer.echo("saga log is up to date")
@@ -108,6 +105,15 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Run a Celery worker for saga steps (with the sweeper)."""
+        from celery import signals
+
+        from ..engine import utcnow
+        from ..logs import configure_logging
+        from ..runtime.worker import SweeperThread
+        from ..settings import load_settings
+        from ..system import System, install_worker_logging
+        from .worker_options import WorkerOptions, check_log_level, check_node_name
+
         options = WorkerOptions.parse(
             concurrency=concurrency,
             pool=pool,

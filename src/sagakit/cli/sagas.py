@@ -6,26 +6,51 @@ import json
 import sys
 import time
 from contextlib import ExitStack
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.live import Live
 
-from ..core.errors import InvalidInput
+from ..core.errors import InvalidInput, SagaNotFound
 from ..core.inputs import check_saga_id
 from ..core.state import SETTLED_STATUSES, SagaStatus
-from ..queries import Queries
-from ..store import SagaRecord
-from ..system import System
 from . import render
+
+if TYPE_CHECKING:
+    from ..queries import Queries
+    from ..system import System
 
 
 def open_system(stack: ExitStack, *, worker: bool, imports: list[str] | None = None) -> System:
     """Build the System; in embedded mode, also run the in-process worker."""
+    from ..system import System
+
     system = stack.enter_context(System(imports=imports or ()))
     if worker and system.settings.embedded:
         system.start_embedded()
     return system
+
+
+def open_reads(stack: ExitStack) -> Queries:
+    """The read side alone: no saga definitions, no Celery app, no migration."""
+    from ..queries import Queries
+    from ..settings import load_settings
+    from ..store import make_db
+
+    db = make_db(load_settings().database_url)
+    stack.callback(db.dispose)
+    return Queries(db)
+
+
+def never_migrated(queries: Queries, error: Exception) -> bool:
+    """Whether `error` only says the saga log has no tables yet (nothing ever ran here)."""
+    import sqlalchemy as sa
+
+    from ..outages import unreachable
+    from ..store import schema
+
+    if not isinstance(error, sa.exc.DBAPIError) or unreachable(error) is not None:
+        return False
+    return not sa.inspect(queries.db).has_table(schema.sagas.name)
 
 
 def checked_id(saga_id: str) -> str:
@@ -52,6 +77,8 @@ def parse_fields(args: list[str]) -> dict[str, str]:
 
 def follow(queries: Queries, saga_id: str, timeout: float, live: bool) -> dict[str, Any]:
     """Show the saga's steps as they change until it settles (bounded by `timeout`)."""
+    from rich.live import Live
+
     deadline = time.monotonic() + timeout
     view = queries.detail(saga_id)
     console = render.console(stderr=True)
@@ -137,8 +164,13 @@ def register(app: typer.Typer) -> None:
         if status is not None and status not in statuses:
             raise InvalidInput("--status", f"{status!r} is not one of {', '.join(statuses)}")
         with ExitStack() as stack:
-            queries = open_system(stack, worker=False).queries
-            views, _ = queries.page(status=status, saga_type=saga_type, limit=limit)
+            queries = open_reads(stack)
+            try:
+                views, _ = queries.page(status=status, saga_type=saga_type, limit=limit)
+            except Exception as exc:
+                if not never_migrated(queries, exc):
+                    raise
+                views = []
         if as_json:
             typer.echo(json.dumps(views))
         else:
@@ -150,8 +182,15 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
         """Show a saga: status, timeline of every attempt, transition history."""
+        checked_id(saga_id)
         with ExitStack() as stack:
-            view = open_system(stack, worker=False).queries.detail(checked_id(saga_id))
+            queries = open_reads(stack)
+            try:
+                view = queries.detail(saga_id)
+            except Exception as exc:
+                if not never_migrated(queries, exc):
+                    raise
+                raise SagaNotFound(saga_id) from None
         if as_json:
             typer.echo(json.dumps(view, default=str))
         else:
@@ -182,7 +221,7 @@ def register(app: typer.Typer) -> None:
 
 def _settled_status(system: System, saga_id: str) -> str:
     """In embedded mode the steps run in this process: wait for them to settle."""
-    record: SagaRecord = (
+    record = (
         system.queries.wait(saga_id, timeout=300)
         if system.settings.embedded
         else system.queries.get(saga_id)

@@ -22,18 +22,17 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 
 from ..core.errors import SagaError
-from ..runtime.app import SAGAKIT_QUEUE
-from ..settings import Settings, load_settings
-from ..store import upgrade_database
-from ..system import System
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from ..system import System
 
 PASSWORD_FILE = "flower-password"
 FLOWER_DB = "flower.db"
@@ -68,6 +67,8 @@ def _pump(name: str, stream: IO[bytes]) -> None:
 
 def plan(settings: Settings, system: System, concurrency: int, password: str) -> list[Child]:
     """The processes to run, in start order."""
+    from ..runtime.app import SAGAKIT_QUEUE
+
     sagakit = _bin("sagakit")
     queues = sorted(system.queues - {SAGAKIT_QUEUE})
     children = [
@@ -250,6 +251,8 @@ def _check_alive(children: list[Child]) -> None:
 
 
 def _healthy(url: str) -> bool:
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
             return bool(response.status == 200)
@@ -269,6 +272,7 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from ..logs import configure_logging
+        from ..settings import load_settings
 
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
@@ -289,6 +293,10 @@ def register(app: typer.Typer) -> None:
         ] = 60,
     ) -> None:
         """Run migrations, a worker per queue, the API and Flower; Ctrl-C stops them all."""
+        from ..settings import load_settings
+        from ..store import upgrade_database
+        from ..system import System
+
         settings = load_settings()
         if settings.embedded or settings.database_url.startswith("sqlite"):
             raise StackError(
