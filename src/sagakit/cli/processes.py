@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 if TYPE_CHECKING:
+    from ..settings import Settings
     from ..system import System
+    from .outage_log import OutageLog
+
+logger = logging.getLogger(__name__)
+
+MAX_DELAY = 30.0
+"""Longest wait between two attempts to reach the database at start (doubling from 1 s)."""
 
 
 def register(app: typer.Typer) -> None:
@@ -111,7 +120,9 @@ def register(app: typer.Typer) -> None:
         from ..logs import configure_logging
         from ..runtime.worker import SweeperThread
         from ..settings import load_settings
+        from ..store import upgrade_database
         from ..system import System, install_worker_logging
+        from .outage_log import OutageLog
         from .worker_options import WorkerOptions, check_log_level, check_node_name
 
         options = WorkerOptions.parse(
@@ -128,7 +139,16 @@ def register(app: typer.Typer) -> None:
         settings = load_settings(**overrides)
         install_worker_logging(settings)
         configure_logging(settings.log_level, settings.log_format)
-        system = System(settings)
+        outages = OutageLog(settings)
+        outages.install()
+        system = System(settings, migrate=False)
+        if not settings.embedded:
+            _migrate_when_reachable(settings, outages)
+            # Retry the broker for as long as it takes, with Celery's backoff (2 s more per
+            # attempt, up to 30 s); the default gives up after 100 attempts.
+            system.celery.conf.broker_connection_max_retries = None
+        else:
+            upgrade_database(settings.database_url)
         selected = sorted(
             system.queues if not queues else {q.strip() for q in queues.split(",") if q.strip()}
         )
@@ -154,14 +174,45 @@ def register(app: typer.Typer) -> None:
 
         signals.worker_ready.connect(start_sweeper, weak=False)
         signals.worker_shutdown.connect(stop_sweeper, weak=False)
-        system.celery.Worker(
+        celery_worker = system.celery.Worker(
             queues=selected,
             hostname=node,
             loglevel=settings.log_level,
             redirect_stdouts=False,
             task_events=task_events,
             **options.worker_kwargs(),
-        ).start()
+        )
+        outages.quiet_celery()
+        celery_worker.start()
+
+
+def _migrate_when_reachable(settings: Settings, outages: OutageLog) -> None:
+    """Bring the saga log up to date, waiting with backoff while its database is unreachable.
+
+    A worker outlives outages of its dependencies rather than exiting: it says once that the
+    database is unreachable and once that it answers, and then starts consuming.
+    """
+    from ..outages import DATABASE, unreachable
+    from ..store import upgrade_database
+
+    delay = 1.0
+    while True:
+        try:
+            upgrade_database(settings.database_url)
+        except Exception as exc:
+            outage = unreachable(exc, settings)
+            if outage is None:
+                raise
+            if outages.down(outage):
+                logger.warning("%s; retrying until it answers", outage)
+            time.sleep(delay)
+            delay = min(2 * delay, MAX_DELAY)
+            continue
+        recovered = outages.up(DATABASE)
+        if recovered is not None:
+            where = f"{recovered.dependency.role} at {recovered.dependency.address}"
+            logger.warning("%s answers again", where)
+        return
 
 
 def _run_embedded(system: System) -> None:

@@ -1,0 +1,141 @@
+"""A worker's log through an outage: one line when a dependency stops answering, one when it
+answers again.
+
+Without this, a worker whose broker is down logs Celery's connection error (three lines) on
+every retry, and one whose database is down logs the driver's message with its SQL, once per
+part of the worker that noticed: the sweeper, the dispatcher, each task. Here every record
+that carries an error of an unreachable dependency (see `sagakit.outages`) is told once per
+outage as one line, naming the dependency and what to check, and the rest are dropped until
+it answers again: for the broker when Celery's consumer reconnects, for the database when
+the sweeper's next sweep works. Retrying is left to what already retries (Celery's consumer,
+with backoff; the sweeper, every interval).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from ..outages import BROKER, DATABASE, Unreachable, unreachable
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+CONSUMER = "celery.worker.consumer.consumer"
+CONNECTION = "celery.worker.consumer.connection"
+SWEEPER = "sagakit.runtime.worker"
+
+LOGGERS = (
+    CONSUMER,
+    CONNECTION,
+    "celery.app.trace",
+    "celery.worker.heartbeat",
+    "celery.events.dispatcher",
+    SWEEPER,
+    "sagakit.runtime.dispatch",
+    "sagakit.runtime.tasks",
+    "sagakit.engine",
+    "sagakit.sweeper",
+)
+"""Where the worker's parts log (a logger's filter sees only the records made on it)."""
+
+
+class OutageLog(logging.Filter):
+    """Says once that a dependency is out of reach, and once that it answers again."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.settings = settings
+        self._down: dict[str, Unreachable] = {}
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        """Filter the worker's loggers."""
+        for name in LOGGERS:
+            logging.getLogger(name).addFilter(self)
+
+    @staticmethod
+    def quiet_celery() -> None:
+        """Silence Celery's notice about a setting sagakit chose, repeated on every outage.
+
+        sagakit sets ``worker_cancel_long_running_tasks_on_connection_loss=False`` on
+        purpose (runtime/app.py). Call this after the worker is built: Celery's logging
+        setup puts its own "always show" filter for the notice's category first.
+        """
+        warnings.filterwarnings(
+            "ignore", message=r"(?s).*worker_cancel_long_running_tasks_on_connection_loss"
+        )
+
+    def down(self, outage: Unreachable) -> bool:
+        """Note the outage; True the first time (the caller then says so)."""
+        kind = _kind(outage)
+        if kind is None:
+            return True  # the event stream is best effort and says nothing when it is back
+        with self._lock:
+            if kind in self._down:
+                return False
+            self._down[kind] = outage
+            return True
+
+    def up(self, kind: str) -> Unreachable | None:
+        """Note that `kind` (`BROKER` or `DATABASE`) answers again; the outage it ends."""
+        with self._lock:
+            return self._down.pop(kind, None)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite or drop `record`; True keeps it."""
+        recovered = self._recovery(record)
+        if recovered is not None:
+            _reword(record, logging.WARNING, f"{_where(recovered)} answers again")
+            return True
+        outage = self._outage(record)
+        if outage is None:
+            # Celery's consumer tells its reconnection steps at INFO; an outage was said.
+            return not (record.name == CONSUMER and record.levelno <= logging.INFO and self._down)
+        if not self.down(outage):
+            return False
+        _reword(record, logging.WARNING, f"{outage}; retrying until it answers")
+        return True
+
+    def _recovery(self, record: logging.LogRecord) -> Unreachable | None:
+        if record.name == CONNECTION and record.msg == "Connected to %s":
+            return self.up(BROKER)
+        if record.name == SWEEPER and record.msg == "sweeps work again":
+            return self.up(DATABASE)
+        return None
+
+    def _outage(self, record: logging.LogRecord) -> Unreachable | None:
+        kind = BROKER if record.name in (CONSUMER, CONNECTION) else None
+        for error in _errors(record):
+            outage = unreachable(error, self.settings, kind=kind)
+            if outage is not None:
+                return outage
+        return None
+
+
+def _errors(record: logging.LogRecord) -> list[BaseException]:
+    args: Any = record.args
+    values = list(args.values()) if isinstance(args, dict) else list(args or ())
+    if record.exc_info and record.exc_info[1] is not None:
+        values.append(record.exc_info[1])
+    return [value for value in values if isinstance(value, BaseException)]
+
+
+def _kind(outage: Unreachable) -> str | None:
+    """`BROKER` or `DATABASE`, whose recovery the log sees; None for anything else."""
+    setting = outage.dependency.setting
+    if setting == "SAGAKIT_BROKER_URL":
+        return BROKER
+    return DATABASE if setting in ("SAGAKIT_DATABASE_URL", "its database URL") else None
+
+
+def _where(outage: Unreachable) -> str:
+    return f"{outage.dependency.role} at {outage.dependency.address}"
+
+
+def _reword(record: logging.LogRecord, level: int, message: str) -> None:
+    record.msg, record.args = "%s", (message,)
+    record.exc_info, record.exc_text = None, None
+    record.levelno, record.levelname = level, logging.getLevelName(level)
