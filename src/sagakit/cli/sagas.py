@@ -21,13 +21,33 @@ if TYPE_CHECKING:
 
 
 def open_system(stack: ExitStack, *, worker: bool, imports: list[str] | None = None) -> System:
-    """Build the System; in embedded mode, also run the in-process worker."""
+    """Build the System for a command that sends messages (`worker`) or only reads.
+
+    In embedded mode the in-process worker starts; otherwise the broker must take a
+    connection first, so that nothing is started that could not be sent.
+    """
     from ..system import System
 
     system = stack.enter_context(System(imports=imports or ()))
     if worker and system.settings.embedded:
         system.start_embedded()
+    elif worker:
+        check_broker(system)
     return system
+
+
+def check_broker(system: System, timeout: float = 5.0) -> None:
+    """Raise `Unreachable` unless the configured broker takes a connection within `timeout`."""
+    from ..outages import BROKER, unreachable
+
+    try:
+        with system.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=0, timeout=timeout)
+    except Exception as exc:
+        outage = unreachable(exc, system.settings, kind=BROKER)
+        if outage is None:
+            raise
+        raise outage from None
 
 
 def open_reads(stack: ExitStack) -> Queries:

@@ -271,14 +271,17 @@ def register(app: typer.Typer) -> None:
         """Serve the HTTP API (OpenAPI docs at /docs)."""
         import uvicorn
 
+        from ..api import create_app
         from ..logs import configure_logging
         from ..settings import load_settings
 
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
+        # Built here rather than by uvicorn's factory, so that a database unreachable at
+        # start is one line and exit status 3, not uvicorn's traceback.
+        application = create_app(settings)
         uvicorn.run(
-            "sagakit.api:create_app",
-            factory=True,
+            application,
             host=host or settings.api_host,
             port=port or settings.api_port,
             log_config=None,
@@ -296,6 +299,7 @@ def register(app: typer.Typer) -> None:
         from ..settings import load_settings
         from ..store import upgrade_database
         from ..system import System
+        from .sagas import check_broker
 
         settings = load_settings()
         if settings.embedded or settings.database_url.startswith("sqlite"):
@@ -310,6 +314,7 @@ def register(app: typer.Typer) -> None:
         password, where = flower_password(settings)
         upgrade_database(settings.database_url)
         system = System(settings, migrate=False)
+        check_broker(system)
         children = plan(settings, system, concurrency, password)
         stopping = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
