@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import warnings
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..outages import BROKER, DATABASE, Unreachable, unreachable
@@ -42,13 +44,30 @@ LOGGERS = (
 """Where the worker's parts log (a logger's filter sees only the records made on it)."""
 
 
+@dataclass
+class Outage:
+    """One dependency out of reach: since when, and how often it was noticed since."""
+
+    error: Unreachable
+    since: float = field(default_factory=time.monotonic)
+    repeats: int = 0
+    """Records of it dropped after the first (Celery logs each failed reconnection)."""
+
+    def ended(self) -> str:
+        """The line that says it answers again."""
+        dependency = self.error.dependency
+        seconds = time.monotonic() - self.since
+        line = f"{dependency.role} at {dependency.address} answers again after {seconds:.1f}s"
+        return f"{line} ({self.repeats} repeated errors not logged)" if self.repeats else line
+
+
 class OutageLog(logging.Filter):
     """Says once that a dependency is out of reach, and once that it answers again."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
-        self._down: dict[str, Unreachable] = {}
+        self._down: dict[str, Outage] = {}
         self._lock = threading.Lock()
 
     def install(self) -> None:
@@ -68,18 +87,20 @@ class OutageLog(logging.Filter):
             "ignore", message=r"(?s).*worker_cancel_long_running_tasks_on_connection_loss"
         )
 
-    def down(self, outage: Unreachable) -> bool:
+    def down(self, error: Unreachable) -> bool:
         """Note the outage; True the first time (the caller then says so)."""
-        kind = _kind(outage)
+        kind = _kind(error)
         if kind is None:
             return True  # the event stream is best effort and says nothing when it is back
         with self._lock:
-            if kind in self._down:
-                return False
-            self._down[kind] = outage
-            return True
+            outage = self._down.get(kind)
+            if outage is None:
+                self._down[kind] = Outage(error)
+                return True
+            outage.repeats += 1
+            return False
 
-    def up(self, kind: str) -> Unreachable | None:
+    def up(self, kind: str) -> Outage | None:
         """Note that `kind` (`BROKER` or `DATABASE`) answers again; the outage it ends."""
         with self._lock:
             return self._down.pop(kind, None)
@@ -88,18 +109,18 @@ class OutageLog(logging.Filter):
         """Rewrite or drop `record`; True keeps it."""
         recovered = self._recovery(record)
         if recovered is not None:
-            _reword(record, logging.WARNING, f"{_where(recovered)} answers again")
+            _reword(record, logging.WARNING, recovered.ended())
             return True
-        outage = self._outage(record)
-        if outage is None:
-            # Celery's consumer tells its reconnection steps at INFO; an outage was said.
+        error = self._outage(record)
+        if error is None:
+            # Celery's consumer tells its reconnection steps at INFO; the outage was said.
             return not (record.name == CONSUMER and record.levelno <= logging.INFO and self._down)
-        if not self.down(outage):
+        if not self.down(error):
             return False
-        _reword(record, logging.WARNING, f"{outage}; retrying until it answers")
+        _reword(record, logging.WARNING, f"{error}; retrying until it answers")
         return True
 
-    def _recovery(self, record: logging.LogRecord) -> Unreachable | None:
+    def _recovery(self, record: logging.LogRecord) -> Outage | None:
         if record.name == CONNECTION and record.msg == "Connected to %s":
             return self.up(BROKER)
         if record.name == SWEEPER and record.msg == "sweeps work again":
@@ -129,10 +150,6 @@ def _kind(outage: Unreachable) -> str | None:
     if setting == "SAGAKIT_BROKER_URL":
         return BROKER
     return DATABASE if setting in ("SAGAKIT_DATABASE_URL", "its database URL") else None
-
-
-def _where(outage: Unreachable) -> str:
-    return f"{outage.dependency.role} at {outage.dependency.address}"
 
 
 def _reword(record: logging.LogRecord, level: int, message: str) -> None:

@@ -210,8 +210,7 @@ def _migrate_when_reachable(settings: Settings, outages: OutageLog) -> None:
             continue
         recovered = outages.up(DATABASE)
         if recovered is not None:
-            where = f"{recovered.dependency.role} at {recovered.dependency.address}"
-            logger.warning("%s answers again", where)
+            logger.warning("%s", recovered.ended())
         return
 
 
