@@ -132,3 +132,33 @@ def test_the_slam_example_adds_its_fleet_commands(env: dict[str, str]) -> None:
         ("scout-02", "free"),
         ("scout-03", "free"),
     ]
+
+
+def _row(text: str, option: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(f"│ {option} "))
+
+
+def test_run_help_lists_the_saga_types_input_fields(env: dict[str, str]) -> None:
+    result = sagakit({**env, "SAGAKIT_IMPORTS": "sagakit_examples.slam"}, "run", "slam", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage: sagakit run" in result.stdout  # the command's own help comes first
+    robots = _row(result.stdout, "--robots")
+    for cell in ("integer", "required", "1 to 16", "Robots to send"):
+        assert cell in robots
+    assert "0.0 to 600.0" in _row(result.stdout, "--robot-wait")
+    assert "object (JSON)" in _row(result.stdout, "--faults")
+
+
+def test_run_help_of_a_type_without_a_model_says_so(env: dict[str, str]) -> None:
+    result = sagakit(env, "run", "linear", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "linear declares no input model" in result.stdout
+
+
+def test_an_object_field_is_given_as_json(env: dict[str, str]) -> None:
+    env = {**env, "SAGAKIT_IMPORTS": "sagakit_examples.slam"}
+    args = ["--robots", "2", "--area", "lab", "--faults", '{"fail_at": "nowhere"}']
+    result = sagakit(env, "run", "slam", *args)
+    assert result.returncode == 2
+    # Read as an object: the model checks the step it names.
+    assert "input.faults.fail_at: Value error, unknown step 'nowhere'" in result.stderr

@@ -9,6 +9,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from ..core.errors import InvalidInput, SagaNotFound
 from ..core.inputs import check_saga_id
@@ -118,10 +119,53 @@ def follow(queries: Queries, saga_id: str, timeout: float, live: bool) -> dict[s
     return view
 
 
+VALUE_OPTIONS = frozenset({"--input", "--idempotency-key", "--timeout"})
+"""run's own options that take a value (the word after them is not the saga type)."""
+
+
+class RunCommand(TyperCommand):
+    """`run`, whose help lists the input fields of the saga type it is given."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """Note the saga type before ``--help`` cuts the parsing short."""
+        if "--help" in args:
+            words = iter(args)
+            for word in words:
+                if word in VALUE_OPTIONS:
+                    next(words, None)
+                elif not word.startswith("-"):
+                    ctx.meta["sagakit.saga_type"] = word
+                    break
+        return list(super().parse_args(ctx, args))
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """The command's help, then the saga type's input fields."""
+        super().format_help(ctx, formatter)
+        saga_type = ctx.meta.get("sagakit.saga_type")
+        if saga_type is None:
+            return
+        from ..registry import discover
+        from ..settings import load_settings
+        from . import fields
+
+        sagas = discover(load_settings().imports)
+        console = render.console()
+        saga = sagas.get(saga_type)
+        if saga is None:
+            known = ", ".join(sorted(sagas)) or "none"
+            console.print(f"unknown saga type {saga_type!r} (known: {known})")
+            return
+        console.print(fields.render(saga_type, saga.input_model), width=min(console.width, 100))
+
+
 def register(app: typer.Typer) -> None:
     """Add the saga commands to `app`."""
 
-    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    @app.command(
+        cls=RunCommand,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        epilog="`sagakit run TYPE --help` lists the input fields of TYPE.",
+    )
     def run(
         ctx: typer.Context,
         saga_type: Annotated[str, typer.Argument(help="Saga type, e.g. slam.")],
@@ -131,7 +175,7 @@ def register(app: typer.Typer) -> None:
         idempotency_key: Annotated[str | None, typer.Option(help="Start at most once.")] = None,
         timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 300.0,
     ) -> None:
-        """Start a saga; extra ``--field value`` options become input fields."""
+        """Start a saga; extra `--field value` options become input fields."""
         data: dict[str, Any] = {}
         if input_json:
             try:
@@ -144,11 +188,18 @@ def register(app: typer.Typer) -> None:
         with ExitStack() as stack:
             system = open_system(stack, worker=True)
             engine = system.engine
-            if engine.definition(saga_type).input_model is None:
+            model = engine.definition(saga_type).input_model
+            if model is None:
                 # No model to coerce strings: read each value as JSON where it parses.
                 data.update({k: _maybe_json(v) for k, v in fields.items()})
             else:
-                data.update(fields)
+                # The model coerces text to numbers and booleans; objects and lists are JSON.
+                from .fields import json_fields, schema_of
+
+                structured = json_fields(schema_of(model))
+                data.update(
+                    {k: _maybe_json(v) if k in structured else v for k, v in fields.items()}
+                )
             result = engine.start(saga_type, data, idempotency_key=idempotency_key)
             if system.settings.embedded and not wait:
                 render.console(stderr=True).print(
