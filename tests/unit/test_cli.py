@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +163,44 @@ def test_an_object_field_is_given_as_json(env: dict[str, str]) -> None:
     assert result.returncode == 2
     # Read as an object: the model checks the step it names.
     assert "input.faults.fail_at: Value error, unknown step 'nowhere'" in result.stderr
+
+
+def test_show_of_a_completed_mission_says_where_its_map_is(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    maps = tmp_path / "a directory with a long name, to be shown in full" / "maps"
+    env = {**env, "SAGAKIT_IMPORTS": "sagakit_examples.slam", "SLAM_OUTPUT_DIR": str(maps)}
+    ran = sagakit(env, "run", "slam", "--robots", "1", "--area", "lab", "--wait", "--json")
+    assert ran.returncode == 0, ran.stderr
+    view = json.loads(ran.stdout)
+    map_path = next(s["output"]["map_path"] for s in view["steps"] if s["name"] == "integrate_maps")
+    assert Path(map_path).is_file()
+
+    shown = sagakit(env, "show", view["id"])
+    assert shown.returncode == 0, shown.stderr
+    rows = _output_rows(shown.stdout)
+    # The map's path in full (a long one folds over lines), other values in a few words.
+    assert _squeezed(rows[("integrate_maps", "map_path")]) == _squeezed(map_path)
+    assert rows[("release_robots", "released")] == "[1]"
+    assert rows[("explore[0]", "grid")].endswith("characters)")
+
+
+def _squeezed(text: str) -> str:
+    return re.sub(r"\s", "", text)
+
+
+def _output_rows(text: str) -> dict[tuple[str, str], str]:
+    """The outputs table as {(step, key): value}, folded cells joined."""
+    section = text.split("outputs", 1)[1].split("history", 1)[0]
+    rows: dict[tuple[str, str], str] = {}
+    step = key = ""
+    for line in section.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if cells[0] or cells[1]:
+            step, key = cells[0] or step, cells[1]
+            rows[(step, key)] = cells[2]
+        else:
+            rows[(step, key)] += " " + cells[2]
+    return rows

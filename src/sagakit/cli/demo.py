@@ -53,7 +53,9 @@ def register(app: typer.Typer) -> None:
                 saga_id = engine.start("slam", data).saga_id
                 system.queries.wait(saga_id, timeout=timeout)
                 view = system.queries.detail(saga_id)
-                console.print(render.saga(view, with_history=False, width=console.width))
+                console.print(
+                    render.saga(view, with_history=False, with_outputs=False, width=console.width)
+                )
                 _explain(console, view)
                 outcomes.append(view["status"] == expected)
         if not all(outcomes):
