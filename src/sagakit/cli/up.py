@@ -250,11 +250,14 @@ def _check_alive(children: list[Child]) -> None:
         raise StackError(f"{codes}; stopping the stack (nothing is restarted)")
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, token: str | None = None) -> bool:
+    """Whether `url` answers 200 (with the API token, which /healthz needs when protected)."""
     import urllib.request
 
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=1) as response:
             return bool(response.status == 200)
     except OSError:
         return False
@@ -335,8 +338,13 @@ def register(app: typer.Typer) -> None:
             base = f"http://{settings.api_host}:{settings.api_port}"
             flower = f"http://{settings.api_host}:{settings.flower_port}"
             deadline = time.monotonic() + ready_timeout
-            for what, url in (("the API", f"{base}/healthz"), ("Flower", f"{flower}/healthcheck")):
-                while not _healthy(url) and not stopping.is_set():
+            # SAGAKIT_API_PROTECT_SYSTEM puts /healthz behind the token: send it when set.
+            checks = (
+                ("the API", f"{base}/healthz", settings.api_token),
+                ("Flower", f"{flower}/healthcheck", None),
+            )
+            for what, url, token in checks:
+                while not _healthy(url, token) and not stopping.is_set():
                     _check_alive(children)
                     if time.monotonic() > deadline:
                         raise StackError(f"{what} did not become healthy within {ready_timeout}s")
