@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -214,7 +217,8 @@ def register(app: typer.Typer) -> None:
                     else result.saga_id
                 )
                 return
-            view = follow(system.queries, result.saga_id, timeout, live=sys.stderr.isatty())
+            with interruptible(result.saga_id, embedded=system.settings.embedded):
+                view = follow(system.queries, result.saga_id, timeout, live=sys.stderr.isatty())
             if as_json:
                 typer.echo(json.dumps(view, default=str))
             else:
@@ -292,12 +296,45 @@ def register(app: typer.Typer) -> None:
 
 def _settled_status(system: System, saga_id: str) -> str:
     """In embedded mode the steps run in this process: wait for them to settle."""
-    record = (
-        system.queries.wait(saga_id, timeout=300)
-        if system.settings.embedded
-        else system.queries.get(saga_id)
-    )
-    return record.status
+    if not system.settings.embedded:
+        return system.queries.get(saga_id).status
+    with interruptible(saga_id, embedded=True):
+        return system.queries.wait(saga_id, timeout=300).status
+
+
+@contextmanager
+def interruptible(saga_id: str, *, embedded: bool) -> Iterator[None]:
+    """Turn Ctrl-C while waiting for a saga into one line and exit status 130.
+
+    The saga is durable either way. In embedded mode its steps run in this process: the
+    first Ctrl-C lets the step in flight finish (the worker's warm shutdown, on the way
+    out), whose outcome the log keeps, and the next embedded process resumes the saga (its
+    sweeper sends again what this one's in-memory broker held). A second Ctrl-C quits at
+    once; the step it cut short is retried once this worker's heartbeat is stale.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        if embedded:
+            signal.signal(signal.SIGINT, _quit_now)
+            message = (
+                f"interrupted: saga {saga_id} is still running and resumes with the next "
+                "sagakit command that runs sagas here (sagakit worker, sagakit run); letting "
+                "the step in flight finish, Ctrl-C again to quit now"
+            )
+        else:
+            message = (
+                f"interrupted: saga {saga_id} keeps running on the workers; "
+                f"`sagakit show {saga_id}` tells how it ends"
+            )
+        render.console(stderr=True).print(message, soft_wrap=True, markup=False)
+        raise typer.Exit(130) from None
+
+
+def _quit_now(*_: object) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def _maybe_json(value: str) -> Any:
