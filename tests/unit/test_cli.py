@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,43 @@ def _output_rows(text: str) -> dict[tuple[str, str], str]:
         else:
             rows[(step, key)] += " " + cells[2]
     return rows
+
+
+def test_demo_ends_with_next_steps_that_work_as_printed(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # As after `make demo` in a fresh clone: sagakit is in .venv/bin, not on the PATH.
+    here = Path(SAGAKIT).parent.resolve()
+    path = [p for p in env.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != here]
+    env = {
+        **env,
+        "PATH": os.pathsep.join(path),
+        "SAGAKIT_IMPORTS": "sagakit_examples.slam",
+        "SLAM_OUTPUT_DIR": str(tmp_path / "maps"),
+    }
+    demo = sagakit(env, "demo", "--robots", "1")
+    assert demo.returncode == 0, demo.stderr
+    last = demo.stdout.strip().splitlines()[-1]
+    assert last.startswith("Next: "), last
+    commands = re.findall(r"`([^`]+)`", last)
+    listing = commands[0]
+    assert listing.endswith(" list")
+    activate = next(c for c in commands if c.startswith(". "))
+
+    def listed(result: subprocess.CompletedProcess[str]) -> list[str]:
+        assert result.returncode == 0, result.stderr
+        return [s["status"] for s in json.loads(result.stdout)]
+
+    shown = subprocess.run(
+        [*shlex.split(listing), "--json"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert sorted(listed(shown)) == ["compensated", "compensated", "completed"]
+    assert activate.endswith("activate")
+    activated = subprocess.run(
+        ["bash", "-c", f"{activate} && sagakit list --json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert sorted(listed(activated)) == ["compensated", "compensated", "completed"]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import sys
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -61,10 +64,37 @@ def register(app: typer.Typer) -> None:
         if not all(outcomes):
             raise SagaError("a demo mission did not end as expected; see the timelines above")
         console.print(Rule())
+        sagakit, activate = how_to_run_sagakit()
         console.print(
-            "Next: `sagakit list`, `sagakit show ID`, `sagakit run slam --robots 2 "
-            "--area lab --fail-at plan_routes --wait`."
+            f"Next: `{sagakit} list`, `{sagakit} show ID`, `{sagakit} run slam --robots 2 "
+            f"--area lab --fail-at plan_routes --wait`{activate}.",
+            soft_wrap=True,
         )
+
+
+def how_to_run_sagakit() -> tuple[str, str]:
+    """The command that runs this sagakit again, as typed here, and how to shorten it.
+
+    ``sagakit`` when the shell finds this very entry point; otherwise its path (relative
+    when under the working directory, as ``.venv/bin/sagakit`` after ``make demo``) and the
+    virtualenv's activate script, which puts it on the PATH.
+    """
+    mine = Path(sys.argv[0])
+    if mine.name != "sagakit" or not mine.exists():
+        mine = Path(sys.executable).parent / "sagakit"
+    found = shutil.which("sagakit")
+    if found and Path(found).resolve() == mine.resolve():
+        return "sagakit", ""
+    here = Path.cwd().resolve()
+    where = mine.resolve().parent
+    shown = str(mine.resolve())
+    if where.is_relative_to(here):
+        shown = str(mine.resolve().relative_to(here))
+    activate = where / "activate"
+    if not activate.exists():
+        return shown, ""
+    script = activate.relative_to(here) if where.is_relative_to(here) else activate
+    return shown, f" (or `. {script}` first, then just `sagakit ...`)"
 
 
 def _explain(console: Any, view: dict[str, Any]) -> None:

@@ -263,6 +263,18 @@ def _healthy(url: str, token: str | None = None) -> bool:
         return False
 
 
+def require_extra(command: str, modules: tuple[str, ...]) -> None:
+    """Refuse, in one line, to run `command` without the ``api`` extra it needs."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise StackError(
+            f"{command} needs the api extra ({', '.join(missing)} not installed): "
+            "pip install 'sagakit[api]' (make install in a checkout)"
+        )
+
+
 def register(app: typer.Typer) -> None:
     """Add `api` and `up` to `app`."""
 
@@ -272,6 +284,7 @@ def register(app: typer.Typer) -> None:
         port: Annotated[int | None, typer.Option(min=1, max=65535)] = None,
     ) -> None:
         """Serve the HTTP API (OpenAPI docs at /docs)."""
+        require_extra("sagakit api", ("fastapi", "uvicorn"))
         import uvicorn
 
         from ..api import create_app
@@ -299,6 +312,7 @@ def register(app: typer.Typer) -> None:
         ] = 60,
     ) -> None:
         """Run migrations, a worker per queue, the API and Flower; Ctrl-C stops them all."""
+        require_extra("sagakit up", ("fastapi", "uvicorn", "flower"))
         from ..settings import load_settings
         from ..store import upgrade_database
         from ..system import System
