@@ -103,10 +103,10 @@ def _remember(app: typer.Typer, added: set[str], modules: list[str]) -> None:
         commands.append(
             {
                 "name": name,
-                "help": cmd.help,
-                "short_help": cmd.short_help,
-                "hidden": cmd.hidden,
-                "panel": getattr(cmd, "rich_help_panel", None),
+                "help": _text(cmd.help),
+                "short_help": _text(cmd.short_help),
+                "hidden": bool(cmd.hidden),
+                "panel": _text(getattr(cmd, "rich_help_panel", None)),
             }
         )
         sources |= {_module_of(callback) for callback in _callbacks(cmd)}
@@ -116,6 +116,10 @@ def _remember(app: typer.Typer, added: set[str], modules: list[str]) -> None:
         if path:
             files[path] = _stamp(path)
     _write({"files": files, "commands": commands})
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None  # typer's unset markers are not text
 
 
 def _callbacks(cmd: Any) -> list[Any]:
@@ -157,9 +161,10 @@ def _write(entry: dict[str, Any]) -> None:
     data[_key()] = entry  # newest last; the oldest go beyond KEEP
     data = dict(list(data.items())[-KEEP:])
     try:
+        text = json.dumps(data)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f"{path.name}.{os.getpid()}")
-        temporary.write_text(json.dumps(data))
+        temporary.write_text(text)
         os.replace(temporary, path)
-    except OSError:
+    except (OSError, TypeError, ValueError):
         pass
