@@ -62,13 +62,29 @@ class Unreachable(SagaError):
         where = f" at {dependency.address}" if dependency.address else ""
         super().__init__(f"{dependency.role}{where} {_told(dependency, reason)}")
 
+    @property
+    def refused(self) -> bool:
+        """The server answered and refused (a login or a database it does not have).
+
+        Waiting does not mend that, unlike a server that is down or starting up.
+        """
+        return _refused_login(self.reason) or _missing_database(self.reason)
+
+
+def _refused_login(reason: str) -> bool:
+    return reason == "authentication failed" or reason.startswith(("role ", "user "))
+
+
+def _missing_database(reason: str) -> bool:
+    return reason.startswith("database ") and reason.endswith("does not exist")
+
 
 def _told(dependency: Dependency, reason: str) -> str:
     """The rest of the sentence: what happened and what to check."""
     setting, service = dependency.setting, dependency.service
-    if reason == "authentication failed" or reason.startswith(("role ", "user ")):
+    if _refused_login(reason):
         return f"refused the connection ({reason}): check the user and password in {setting}"
-    if reason.startswith("database ") and reason.endswith("does not exist"):
+    if _missing_database(reason):
         return f"refused the connection ({reason}): check {setting}"
     if reason == "host name not found":
         return f"is unreachable ({reason}): check the host in {setting}"

@@ -275,3 +275,16 @@ def test_a_worker_says_once_that_its_broker_is_gone_and_once_that_it_is_back(
     assert "Trying again" not in text
     assert "CPendingDeprecationWarning" not in text
     assert "Traceback" not in text
+
+
+def test_a_worker_refused_by_its_database_says_so_and_exits(
+    pg: PostgresServer, broker: RedisServer, tmp_path: Path
+) -> None:
+    env = env_for(pg, broker, tmp_path)
+    env["SAGAKIT_DATABASE_URL"] = pg.url.replace("//postgres@", "//nobody@")
+    done = sagakit(env, "worker")  # waiting would not mend a login the server refuses
+    assert_one_line(
+        done,
+        f'the saga log\'s database at {pg.address} refused the connection (role "nobody" does '
+        "not exist): check the user and password in SAGAKIT_DATABASE_URL",
+    )

@@ -190,7 +190,8 @@ def _migrate_when_reachable(settings: Settings, outages: OutageLog) -> None:
     """Bring the saga log up to date, waiting with backoff while its database is unreachable.
 
     A worker outlives outages of its dependencies rather than exiting: it says once that the
-    database is unreachable and once that it answers, and then starts consuming.
+    database is unreachable and once that it answers, and then starts consuming. A server
+    that answers and refuses (a wrong password, a database it does not have) is an error.
     """
     from ..outages import DATABASE, unreachable
     from ..store import upgrade_database
@@ -203,6 +204,8 @@ def _migrate_when_reachable(settings: Settings, outages: OutageLog) -> None:
             outage = unreachable(exc, settings)
             if outage is None:
                 raise
+            if outage.refused:
+                raise outage from None  # a wrong password does not mend by waiting: exit 3
             if outages.down(outage):
                 logger.warning("%s; retrying until it answers", outage)
             time.sleep(delay)
