@@ -32,7 +32,8 @@ app = typer.Typer(
 )
 
 
-def _register_commands(argv: list[str]) -> None:
+def _register_commands(argv: list[str] | None = None) -> None:
+    """Add every command; the hooks' ones for real unless `argv` does not need them."""
     from . import bench, demo, ping, plugins, processes, sagas, up
 
     sagas.register(app)
@@ -43,11 +44,12 @@ def _register_commands(argv: list[str]) -> None:
     ping.register(app)
     # Modules named by SAGAKIT_IMPORTS may add commands (e.g. `sagakit robots`); they are
     # imported only for a command sagakit does not have, or for a --help not remembered.
-    named = next((arg for arg in argv if not arg.startswith("-")), None)
-    if named in plugins.command_names(app):
-        return
-    if named is None and plugins.add_remembered(app):
-        return
+    if argv is not None:
+        named = next((arg for arg in argv if not arg.startswith("-")), None)
+        if named in plugins.command_names(app):
+            return
+        if named is None and plugins.add_remembered(app):
+            return
     try:
         from ..settings import load_settings
 
