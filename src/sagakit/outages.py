@@ -141,13 +141,16 @@ def unreachable(
         settings: where the database, the broker and Redis are configured, to name the
             dependency by its role ("the saga log's database") rather than as "a database".
         kind: what the caller was talking to (`DATABASE`, `BROKER`, `REDIS`), for errors
-            that do not say it themselves (a bare ``OSError``).
+            that do not say it themselves (a bare ``OSError``), or to tell the broker from
+            another Redis server.
     """
     if isinstance(exc, Unreachable):
         return exc
     for error in _chain(exc):
         found = _classify(error)
         if found is not None:
+            if kind == BROKER and found.kind == REDIS:  # whatever address Redis gave
+                found = _Found(BROKER, found.reason, found.where, found.service)
             return Unreachable(_dependency(found, settings), found.reason)
     if kind is not None:
         for error in _chain(exc):

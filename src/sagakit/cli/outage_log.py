@@ -7,7 +7,9 @@ part of the worker that noticed: the sweeper, the dispatcher, each task. Here ev
 that carries an error of an unreachable dependency (see `sagakit.outages`) is told once per
 outage as one line, naming the dependency and what to check, and the rest are dropped until
 it answers again: for the broker when Celery's consumer reconnects, for the database when
-the sweeper's next sweep works. Retrying is left to what already retries (Celery's consumer,
+the sweeper's next sweep works. Those two are the parts that notice an outage lasting: an
+error the step tasks or the dispatcher meet while neither has noticed one is said as it is,
+in one line each. Retrying is left to what already retries (Celery's consumer,
 with backoff; the sweeper, every interval).
 """
 
@@ -42,6 +44,16 @@ LOGGERS = (
     "sagakit.sweeper",
 )
 """Where the worker's parts log (a logger's filter sees only the records made on it)."""
+BROKER_LOGGERS = frozenset(
+    {
+        CONSUMER,
+        CONNECTION,
+        "celery.worker.heartbeat",
+        "celery.events.dispatcher",
+        "sagakit.runtime.dispatch",
+    }
+)
+"""Loggers whose Redis errors are the broker's, whatever address they give."""
 
 
 @dataclass
@@ -87,18 +99,24 @@ class OutageLog(logging.Filter):
             "ignore", message=r"(?s).*worker_cancel_long_running_tasks_on_connection_loss"
         )
 
-    def down(self, error: Unreachable) -> bool:
-        """Note the outage; True the first time (the caller then says so)."""
+    def down(self, error: Unreachable, *, lasting: bool = True) -> bool:
+        """Note the outage; True the first time (the caller then says so).
+
+        Only a part of the worker that will also tell the recovery (`lasting`) opens an
+        outage: the consumer for the broker, the sweeper (or the wait at start) for the
+        database. Anything else that meets an outage nobody has opened is said as it is.
+        """
         kind = _kind(error)
         if kind is None:
             return True  # the event stream is best effort and says nothing when it is back
         with self._lock:
             outage = self._down.get(kind)
-            if outage is None:
+            if outage is not None:
+                outage.repeats += 1
+                return False
+            if lasting:
                 self._down[kind] = Outage(error)
-                return True
-            outage.repeats += 1
-            return False
+            return True
 
     def up(self, kind: str) -> Outage | None:
         """Note that `kind` (`BROKER` or `DATABASE`) answers again; the outage it ends."""
@@ -115,9 +133,14 @@ class OutageLog(logging.Filter):
         if error is None:
             # Celery's consumer tells its reconnection steps at INFO; the outage was said.
             return not (record.name == CONSUMER and record.levelno <= logging.INFO and self._down)
-        if not self.down(error):
+        lasting = record.name in (CONSUMER, CONNECTION, SWEEPER)
+        if not self.down(error, lasting=lasting):
             return False
-        _reword(record, logging.WARNING, f"{error}; retrying until it answers")
+        _reword(
+            record,
+            logging.WARNING,
+            f"{error}; retrying until it answers" if lasting else str(error),
+        )
         return True
 
     def _recovery(self, record: logging.LogRecord) -> Outage | None:
@@ -128,7 +151,7 @@ class OutageLog(logging.Filter):
         return None
 
     def _outage(self, record: logging.LogRecord) -> Unreachable | None:
-        kind = BROKER if record.name in (CONSUMER, CONNECTION) else None
+        kind = BROKER if record.name in BROKER_LOGGERS else None
         for error in _errors(record):
             outage = unreachable(error, self.settings, kind=kind)
             if outage is not None:
