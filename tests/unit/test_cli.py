@@ -23,6 +23,7 @@ def env(tmp_path: Path) -> dict[str, str]:
         "SAGAKIT_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db",
         "SAGAKIT_IMPORTS": "tests.support.workload",
         "SAGAKIT_SWEEP_INTERVAL": "0.2",
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),  # the CLI's cache of the hooks' commands
     }
 
 
