@@ -1,39 +1,50 @@
 # sagakit: `make demo` and `make test` set themselves up on a fresh machine.
+# `make demo` installs only what the demo runs (sagakit and its runtime dependencies);
+# `make test` and the other targets add the development tools (the `dev` extra).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+HASH := $(shell cksum < pyproject.toml | cut -d' ' -f1)
+BASE := $(VENV)/.installed-base-$(HASH)
+DEV := $(VENV)/.installed-dev-$(HASH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install demo test test-fast check lint format typecheck compose-check swagger-ui clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "sagakit needs Python >= 3.11"'
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(PYTHON) -m venv $(VENV)
+
+$(BASE): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	@rm -f $(VENV)/.installed-base-*
+	@touch $(BASE)
+
+$(DEV): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@rm -f $(VENV)/.installed-*
-	@touch $(STAMP)
+	@touch $(DEV) $(BASE)
 
-install: $(STAMP)
+install: $(DEV)
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(BIN)/sagakit demo
 
-test: $(STAMP)
+test: $(DEV)
 	$(BIN)/pytest
 
-test-fast: $(STAMP)
+test-fast: $(DEV)
 	$(BIN)/pytest -m "not integration and not postgres and not redis"
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
-format: $(STAMP)
+format: $(DEV)
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 
-typecheck: $(STAMP)
+typecheck: $(DEV)
 	$(BIN)/mypy
 
 check: lint typecheck test

@@ -84,6 +84,8 @@ def stack(
         "SAGAKIT_FLOWER_PORT": str(free_port()),
         "SAGAKIT_DATA_DIR": str(tmp_path / "data"),  # Flower's password is generated there
         "SAGAKIT_API_TOKEN": "api-token",
+        # /healthz behind the token too: up must send it to see the API healthy.
+        "SAGAKIT_API_PROTECT_SYSTEM": "true",
         "SAGAKIT_SWEEP_INTERVAL": "0.3",
         "SLAM_DATABASE_URL": pg_url,
         "SLAM_FLEET_SIZE": str(2 * MISSIONS + 8),
@@ -94,9 +96,16 @@ def stack(
         [SAGAKIT, "up", "-c", "1"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     api = f"http://127.0.0.1:{env['SAGAKIT_API_PORT']}"
+    up_log = tmp_path / "up.log"
     try:
-        wait_for(lambda: _ok(f"{api}/healthz") or proc.poll() is not None, 120, "the API")
-        assert proc.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
+        wait_for(
+            lambda: b"sagakit is up:" in up_log.read_bytes() or proc.poll() is not None,
+            120,
+            "sagakit up to find the API and Flower healthy",
+        )
+        assert proc.poll() is None, up_log.read_text()[-3000:]
+        assert httpx.get(f"{api}/healthz", timeout=5).status_code == 401  # protected
+        assert _ok(f"{api}/healthz", headers={"Authorization": "Bearer api-token"})
         yield {
             "api": api,
             "flower": f"http://127.0.0.1:{env['SAGAKIT_FLOWER_PORT']}",

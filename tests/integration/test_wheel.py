@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -93,3 +94,20 @@ def test_the_installed_wheel_runs_the_demo(tmp_path: Path) -> None:
     assert len(maps) == 1, demo.stdout[-3000:]  # the compensated missions left none
     assert maps[0].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert (work / "sagakit.db").exists()
+
+    # The next step it prints works as printed (sagakit is not on the PATH here).
+    last = demo.stdout.strip().splitlines()[-1]
+    listing = last.split("`")[1]
+    assert listing == f"{(venv / 'bin' / 'sagakit').resolve()} list", last
+    listed = run(*listing.split(), "--json", cwd=work, env=env)
+    assert len(json.loads(listed.stdout)) == 3
+
+    # Without the api extra, the API is refused in one line.
+    api = subprocess.run(
+        [venv / "bin" / "sagakit", "api"], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert api.returncode == 2
+    assert api.stderr.strip().splitlines() == [
+        "error: sagakit api needs the api extra (fastapi, uvicorn not installed): "
+        "pip install 'sagakit[api]' (make install in a checkout)"
+    ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,7 @@ def env(tmp_path: Path) -> dict[str, str]:
         "SAGAKIT_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db",
         "SAGAKIT_IMPORTS": "tests.support.workload",
         "SAGAKIT_SWEEP_INTERVAL": "0.2",
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),  # the CLI's cache of the hooks' commands
     }
 
 
@@ -132,3 +135,114 @@ def test_the_slam_example_adds_its_fleet_commands(env: dict[str, str]) -> None:
         ("scout-02", "free"),
         ("scout-03", "free"),
     ]
+
+
+def _row(text: str, option: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(f"│ {option} "))
+
+
+def test_run_help_lists_the_saga_types_input_fields(env: dict[str, str]) -> None:
+    result = sagakit({**env, "SAGAKIT_IMPORTS": "sagakit_examples.slam"}, "run", "slam", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage: sagakit run" in result.stdout  # the command's own help comes first
+    robots = _row(result.stdout, "--robots")
+    for cell in ("integer", "required", "1 to 16", "Robots to send"):
+        assert cell in robots
+    assert "0.0 to 600.0" in _row(result.stdout, "--robot-wait")
+    assert "object (JSON)" in _row(result.stdout, "--faults")
+
+
+def test_run_help_of_a_type_without_a_model_says_so(env: dict[str, str]) -> None:
+    result = sagakit(env, "run", "linear", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "linear declares no input model" in result.stdout
+
+
+def test_an_object_field_is_given_as_json(env: dict[str, str]) -> None:
+    env = {**env, "SAGAKIT_IMPORTS": "sagakit_examples.slam"}
+    args = ["--robots", "2", "--area", "lab", "--faults", '{"fail_at": "nowhere"}']
+    result = sagakit(env, "run", "slam", *args)
+    assert result.returncode == 2
+    # Read as an object: the model checks the step it names.
+    assert "input.faults.fail_at: Value error, unknown step 'nowhere'" in result.stderr
+
+
+def test_show_of_a_completed_mission_says_where_its_map_is(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    maps = tmp_path / "a directory with a long name, to be shown in full" / "maps"
+    env = {**env, "SAGAKIT_IMPORTS": "sagakit_examples.slam", "SLAM_OUTPUT_DIR": str(maps)}
+    ran = sagakit(env, "run", "slam", "--robots", "1", "--area", "lab", "--wait", "--json")
+    assert ran.returncode == 0, ran.stderr
+    view = json.loads(ran.stdout)
+    map_path = next(s["output"]["map_path"] for s in view["steps"] if s["name"] == "integrate_maps")
+    assert Path(map_path).is_file()
+
+    shown = sagakit(env, "show", view["id"])
+    assert shown.returncode == 0, shown.stderr
+    rows = _output_rows(shown.stdout)
+    # The map's path in full (a long one folds over lines), other values in a few words.
+    assert _squeezed(rows[("integrate_maps", "map_path")]) == _squeezed(map_path)
+    assert rows[("release_robots", "released")] == "[1]"
+    assert rows[("explore[0]", "grid")].endswith("characters)")
+
+
+def _squeezed(text: str) -> str:
+    return re.sub(r"\s", "", text)
+
+
+def _output_rows(text: str) -> dict[tuple[str, str], str]:
+    """The outputs table as {(step, key): value}, folded cells joined."""
+    section = text.split("outputs", 1)[1].split("history", 1)[0]
+    rows: dict[tuple[str, str], str] = {}
+    step = key = ""
+    for line in section.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if cells[0] or cells[1]:
+            step, key = cells[0] or step, cells[1]
+            rows[(step, key)] = cells[2]
+        else:
+            rows[(step, key)] += " " + cells[2]
+    return rows
+
+
+def test_demo_ends_with_next_steps_that_work_as_printed(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # As after `make demo` in a fresh clone: sagakit is in .venv/bin, not on the PATH.
+    here = Path(SAGAKIT).parent.resolve()
+    path = [p for p in env.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != here]
+    env = {
+        **env,
+        "PATH": os.pathsep.join(path),
+        "SAGAKIT_IMPORTS": "sagakit_examples.slam",
+        "SLAM_OUTPUT_DIR": str(tmp_path / "maps"),
+    }
+    demo = sagakit(env, "demo", "--robots", "1")
+    assert demo.returncode == 0, demo.stderr
+    last = demo.stdout.strip().splitlines()[-1]
+    assert last.startswith("Next: "), last
+    commands = re.findall(r"`([^`]+)`", last)
+    listing = commands[0]
+    assert listing.endswith(" list")
+    activate = next(c for c in commands if c.startswith(". "))
+
+    def listed(result: subprocess.CompletedProcess[str]) -> list[str]:
+        assert result.returncode == 0, result.stderr
+        return [s["status"] for s in json.loads(result.stdout)]
+
+    shown = subprocess.run(
+        [*shlex.split(listing), "--json"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert sorted(listed(shown)) == ["compensated", "compensated", "completed"]
+    assert activate.endswith("activate")
+    activated = subprocess.run(
+        ["bash", "-c", f"{activate} && sagakit list --json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert sorted(listed(activated)) == ["compensated", "compensated", "completed"]

@@ -1,4 +1,9 @@
-"""sagakit errors -> HTTP statuses, in exactly one table."""
+"""sagakit errors -> HTTP statuses, in exactly one table.
+
+An unreachable database or broker is 503 with the usual problem body, whichever driver
+raised it (`sagakit.outages` tells them apart from other errors, which stay 500); the next
+request tries again, so the API recovers by itself when the dependency is back.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,10 @@ from ..core.errors import (
     SagaNotFound,
     UnknownSagaType,
 )
+from ..outages import Unreachable, unreachable
+
+RETRY_AFTER = "5"
+"""Seconds a client is asked to wait after a 503 (dependency unreachable)."""
 
 
 class AuthError(SagaError):
@@ -40,6 +49,7 @@ HTTP_STATUS: dict[type[SagaError], int] = {
     InvalidInput: 422,
     InvalidTransition: 409,
     DefinitionError: 500,
+    Unreachable: 503,
 }
 
 
@@ -68,7 +78,17 @@ def install(app: FastAPI) -> None:
             body["field"] = "type"
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, Unreachable):
+            body["field"] = None
+            headers["Retry-After"] = RETRY_AFTER
         return JSONResponse(body, status_code=status_for(exc), headers=headers)
+
+    async def driver_error(request: Request, exc: Exception) -> JSONResponse:
+        system = getattr(request.app.state, "system", None)
+        outage = unreachable(exc, getattr(system, "settings", None))
+        if outage is None:
+            raise exc  # not about reaching a dependency: a 500, logged with its traceback
+        return await saga_error(request, outage)
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -87,3 +107,22 @@ def install(app: FastAPI) -> None:
 
     app.add_exception_handler(SagaError, saga_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    for error_type in driver_errors():
+        app.add_exception_handler(error_type, driver_error)
+
+
+def driver_errors() -> tuple[type[Exception], ...]:
+    """The drivers' exception classes that may say a dependency is unreachable."""
+    import kombu.exceptions
+    import redis.exceptions
+    import sqlalchemy.exc
+
+    return (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        kombu.exceptions.OperationalError,
+        ConnectionError,
+        TimeoutError,
+    )

@@ -19,7 +19,6 @@ from typing import Annotated, Any
 import typer
 
 from ..core.errors import InvalidInput
-from ..logs import configure_logging
 from . import render
 from .sagas import open_system
 
@@ -79,6 +78,8 @@ def register(app: typer.Typer) -> None:
         """Measure sagakit (see `sagakit bench --help` for the modes)."""
         if steps > MAX_STEPS:
             raise InvalidInput("--steps", f"at most {MAX_STEPS}")
+        from ..logs import configure_logging
+
         configure_logging("WARNING")
         progress = (lambda _: None) if as_json else (lambda s: render.console(stderr=True).print(s))
         result: dict[str, Any]

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import sys
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.rule import Rule
 
 from ..core.errors import SagaError
-from ..logs import configure_logging
 from . import render
 from .sagas import open_system
 
@@ -31,6 +32,10 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[float, typer.Option(help="Seconds per mission.")] = 120.0,
     ) -> None:
         """Run three SLAM missions (one completes, two compensate) and show each timeline."""
+        from rich.rule import Rule
+
+        from ..logs import configure_logging
+
         configure_logging("WARNING")
         # Injected failures are expected here: keep Celery's tracebacks out of the demo.
         logging.getLogger("celery.app.trace").setLevel(logging.CRITICAL)
@@ -51,16 +56,45 @@ def register(app: typer.Typer) -> None:
                 saga_id = engine.start("slam", data).saga_id
                 system.queries.wait(saga_id, timeout=timeout)
                 view = system.queries.detail(saga_id)
-                console.print(render.saga(view, with_history=False, width=console.width))
+                console.print(
+                    render.saga(view, with_history=False, with_outputs=False, width=console.width)
+                )
                 _explain(console, view)
                 outcomes.append(view["status"] == expected)
         if not all(outcomes):
             raise SagaError("a demo mission did not end as expected; see the timelines above")
         console.print(Rule())
+        sagakit, activate = how_to_run_sagakit()
         console.print(
-            "Next: `sagakit list`, `sagakit show ID`, `sagakit run slam --robots 2 "
-            "--area lab --fail-at plan_routes --wait`."
+            f"Next: `{sagakit} list`, `{sagakit} show ID`, `{sagakit} run slam --robots 2 "
+            f"--area lab --fail-at plan_routes --wait`{activate}.",
+            soft_wrap=True,
         )
+
+
+def how_to_run_sagakit() -> tuple[str, str]:
+    """The command that runs this sagakit again, as typed here, and how to shorten it.
+
+    ``sagakit`` when the shell finds this very entry point; otherwise its path (relative
+    when under the working directory, as ``.venv/bin/sagakit`` after ``make demo``) and the
+    virtualenv's activate script, which puts it on the PATH.
+    """
+    mine = Path(sys.argv[0])
+    if mine.name != "sagakit" or not mine.exists():
+        mine = Path(sys.executable).parent / "sagakit"
+    found = shutil.which("sagakit")
+    if found and Path(found).resolve() == mine.resolve():
+        return "sagakit", ""
+    here = Path.cwd().resolve()
+    where = mine.resolve().parent
+    shown = str(mine.resolve())
+    if where.is_relative_to(here):
+        shown = str(mine.resolve().relative_to(here))
+    activate = where / "activate"
+    if not activate.exists():
+        return shown, ""
+    script = activate.relative_to(here) if where.is_relative_to(here) else activate
+    return shown, f" (or `. {script}` first, then just `sagakit ...`)"
 
 
 def _explain(console: Any, view: dict[str, Any]) -> None:

@@ -12,13 +12,6 @@ import time
 from typing import Annotated
 
 import typer
-from celery.utils.nodenames import default_nodename, host_format
-from kombu.utils.url import maybe_sanitize_url
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
-
-from ..runtime.app import make_celery
-from ..settings import load_settings
 
 UNHEALTHY = 1
 
@@ -47,6 +40,14 @@ def register(app: typer.Typer) -> None:
         ] = 5.0,
     ) -> None:
         """Ask one worker for a pong through the broker: exit 0 if it answers, 1 if not."""
+        from celery.utils.nodenames import default_nodename, host_format
+        from kombu.utils.url import maybe_sanitize_url
+        from pydantic import ValidationError
+        from pydantic_settings import SettingsError
+
+        from ..runtime.app import make_celery
+        from ..settings import load_settings
+
         node = host_format(default_nodename(hostname))
         try:
             settings = load_settings()

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
-from typing import Annotated, Any
+import time
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from celery import signals
 
-from ..engine import utcnow
-from ..logs import configure_logging
-from ..runtime.worker import SweeperThread
-from ..settings import load_settings
-from ..store import upgrade_database
-from ..system import System, install_worker_logging
-from .worker_options import WorkerOptions, check_log_level, check_node_name
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from ..system import System
+    from .outage_log import OutageLog
+
+logger = logging.getLogger(__name__)
+
+MAX_DELAY = 30.0
+"""Longest wait between two attempts to reach the database at start (doubling from 1 s)."""
 
 
 def register(app: typer.Typer) -> None:
@@ -25,6 +28,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def migrate() -> None:
         """Create or upgrade the saga log's tables (Alembic)."""
+        from ..settings import load_settings
+        from ..store import upgrade_database
+
         settings = load_settings()
         upgrade_database(settings.database_url)
         typer.echo("saga log is up to date")
@@ -108,6 +114,17 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Run a Celery worker for saga steps (with the sweeper)."""
+        from celery import signals
+
+        from ..engine import utcnow
+        from ..logs import configure_logging
+        from ..runtime.worker import SweeperThread
+        from ..settings import load_settings
+        from ..store import upgrade_database
+        from ..system import System, install_worker_logging
+        from .outage_log import OutageLog
+        from .worker_options import WorkerOptions, check_log_level, check_node_name
+
         options = WorkerOptions.parse(
             concurrency=concurrency,
             pool=pool,
@@ -122,7 +139,16 @@ def register(app: typer.Typer) -> None:
         settings = load_settings(**overrides)
         install_worker_logging(settings)
         configure_logging(settings.log_level, settings.log_format)
-        system = System(settings)
+        outages = OutageLog(settings)
+        outages.install()
+        system = System(settings, migrate=False)
+        if not settings.embedded:
+            _migrate_when_reachable(settings, outages)
+            # Retry the broker for as long as it takes, with Celery's backoff (2 s more per
+            # attempt, up to 30 s); the default gives up after 100 attempts.
+            system.celery.conf.broker_connection_max_retries = None
+        else:
+            upgrade_database(settings.database_url)
         selected = sorted(
             system.queues if not queues else {q.strip() for q in queues.split(",") if q.strip()}
         )
@@ -148,14 +174,47 @@ def register(app: typer.Typer) -> None:
 
         signals.worker_ready.connect(start_sweeper, weak=False)
         signals.worker_shutdown.connect(stop_sweeper, weak=False)
-        system.celery.Worker(
+        celery_worker = system.celery.Worker(
             queues=selected,
             hostname=node,
             loglevel=settings.log_level,
             redirect_stdouts=False,
             task_events=task_events,
             **options.worker_kwargs(),
-        ).start()
+        )
+        outages.quiet_celery()
+        celery_worker.start()
+
+
+def _migrate_when_reachable(settings: Settings, outages: OutageLog) -> None:
+    """Bring the saga log up to date, waiting with backoff while its database is unreachable.
+
+    A worker outlives outages of its dependencies rather than exiting: it says once that the
+    database is unreachable and once that it answers, and then starts consuming. A server
+    that answers and refuses (a wrong password, a database it does not have) is an error.
+    """
+    from ..outages import DATABASE, unreachable
+    from ..store import upgrade_database
+
+    delay = 1.0
+    while True:
+        try:
+            upgrade_database(settings.database_url)
+        except Exception as exc:
+            outage = unreachable(exc, settings)
+            if outage is None:
+                raise
+            if outage.refused:
+                raise outage from None  # a wrong password does not mend by waiting: exit 3
+            if outages.down(outage):
+                logger.warning("%s; retrying until it answers", outage)
+            time.sleep(delay)
+            delay = min(2 * delay, MAX_DELAY)
+            continue
+        recovered = outages.up(DATABASE)
+        if recovered is not None:
+            logger.warning("%s", recovered.ended())
+        return
 
 
 def _run_embedded(system: System) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import datetime
 from typing import Any
 
@@ -102,9 +104,69 @@ def history(view: dict[str, Any]) -> Table:
     return table
 
 
-def saga(view: dict[str, Any], *, with_history: bool = True, width: int = WIDE) -> Group:
-    """Header, timeline and (optionally) history of one saga."""
+PATH_KEYS = ("path", "file", "dir", "directory")
+"""An output key ending in one of these names a file: its value is shown in full."""
+SHORT = 60
+"""Longest value shown as it is; longer ones are cut (files excepted)."""
+
+
+def outputs(view: dict[str, Any]) -> Table | None:
+    """What each completed step returned: one row per key, files in full, the rest short."""
+    table = Table(title="outputs", title_justify="left")
+    table.add_column("step", no_wrap=True)
+    table.add_column("key", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    rows = 0
+    for step in view["steps"]:
+        output = step.get("output")
+        if output is None:  # not completed, or returned nothing
+            continue
+        name = step["name"]
+        if step.get("status") != "succeeded":  # completed, then undone
+            name = f"{name} ({step.get('status')})"
+        items = output.items() if isinstance(output, dict) else [("-", output)]
+        for index, (key, value) in enumerate(items):
+            table.add_row(name if index == 0 else "", str(key), brief(str(key), value))
+            rows += 1
+    return table if rows else None
+
+
+def brief(key: str, value: Any) -> str:
+    """A value in a few words; a file path in full."""
+    if isinstance(value, str):
+        if is_path(key, value) or len(value) <= SHORT:
+            return value
+        return f"{value[: SHORT - 10]}... ({len(value)} characters)"
+    text = json.dumps(value, default=str)
+    if len(text) <= SHORT:
+        return text
+    if isinstance(value, dict):
+        keys = ", ".join(str(k) for k in list(value)[:5])
+        return f"{{{len(value)} keys: {keys}{', ...' if len(value) > 5 else ''}}}"
+    if isinstance(value, list):
+        return f"[{len(value)} items]"
+    return f"{text[: SHORT - 3]}..."
+
+
+def is_path(key: str, value: str) -> bool:
+    """Whether an output value names a file or directory (by its key, or because it exists)."""
+    if key.lower().endswith(PATH_KEYS):
+        return True
+    return os.sep in value and "\n" not in value and os.path.exists(value)
+
+
+def saga(
+    view: dict[str, Any],
+    *,
+    with_history: bool = True,
+    with_outputs: bool = True,
+    width: int = WIDE,
+) -> Group:
+    """Header, timeline, (optionally) the steps' outputs and the history of one saga."""
     parts: list[Any] = [header(view), timeline(view, width)]
+    produced = outputs(view) if with_outputs else None
+    if produced is not None:
+        parts.append(produced)
     if with_history:
         parts.append(history(view))
     return Group(*parts)

@@ -3,29 +3,78 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
-from contextlib import ExitStack
-from typing import Annotated, Any
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.live import Live
+from typer.core import TyperCommand
 
-from ..core.errors import InvalidInput
+from ..core.errors import InvalidInput, SagaNotFound
 from ..core.inputs import check_saga_id
 from ..core.state import SETTLED_STATUSES, SagaStatus
-from ..queries import Queries
-from ..store import SagaRecord
-from ..system import System
 from . import render
+
+if TYPE_CHECKING:
+    from ..queries import Queries
+    from ..system import System
 
 
 def open_system(stack: ExitStack, *, worker: bool, imports: list[str] | None = None) -> System:
-    """Build the System; in embedded mode, also run the in-process worker."""
+    """Build the System for a command that sends messages (`worker`) or only reads.
+
+    In embedded mode the in-process worker starts; otherwise the broker must take a
+    connection first, so that nothing is started that could not be sent.
+    """
+    from ..system import System
+
     system = stack.enter_context(System(imports=imports or ()))
     if worker and system.settings.embedded:
         system.start_embedded()
+    elif worker:
+        check_broker(system)
     return system
+
+
+def check_broker(system: System, timeout: float = 5.0) -> None:
+    """Raise `Unreachable` unless the configured broker takes a connection within `timeout`."""
+    from ..outages import BROKER, unreachable
+
+    try:
+        with system.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=0, timeout=timeout)
+    except Exception as exc:
+        outage = unreachable(exc, system.settings, kind=BROKER)
+        if outage is None:
+            raise
+        raise outage from None
+
+
+def open_reads(stack: ExitStack) -> Queries:
+    """The read side alone: no saga definitions, no Celery app, no migration."""
+    from ..queries import Queries
+    from ..settings import load_settings
+    from ..store import make_db
+
+    db = make_db(load_settings().database_url)
+    stack.callback(db.dispose)
+    return Queries(db)
+
+
+def never_migrated(queries: Queries, error: Exception) -> bool:
+    """Whether `error` only says the saga log has no tables yet (nothing ever ran here)."""
+    import sqlalchemy as sa
+
+    from ..outages import unreachable
+    from ..store import schema
+
+    if not isinstance(error, sa.exc.DBAPIError) or unreachable(error) is not None:
+        return False
+    return not sa.inspect(queries.db).has_table(schema.sagas.name)
 
 
 def checked_id(saga_id: str) -> str:
@@ -52,6 +101,8 @@ def parse_fields(args: list[str]) -> dict[str, str]:
 
 def follow(queries: Queries, saga_id: str, timeout: float, live: bool) -> dict[str, Any]:
     """Show the saga's steps as they change until it settles (bounded by `timeout`)."""
+    from rich.live import Live
+
     deadline = time.monotonic() + timeout
     view = queries.detail(saga_id)
     console = render.console(stderr=True)
@@ -71,10 +122,53 @@ def follow(queries: Queries, saga_id: str, timeout: float, live: bool) -> dict[s
     return view
 
 
+VALUE_OPTIONS = frozenset({"--input", "--idempotency-key", "--timeout"})
+"""run's own options that take a value (the word after them is not the saga type)."""
+
+
+class RunCommand(TyperCommand):
+    """`run`, whose help lists the input fields of the saga type it is given."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """Note the saga type before ``--help`` cuts the parsing short."""
+        if "--help" in args:
+            words = iter(args)
+            for word in words:
+                if word in VALUE_OPTIONS:
+                    next(words, None)
+                elif not word.startswith("-"):
+                    ctx.meta["sagakit.saga_type"] = word
+                    break
+        return list(super().parse_args(ctx, args))
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """The command's help, then the saga type's input fields."""
+        super().format_help(ctx, formatter)
+        saga_type = ctx.meta.get("sagakit.saga_type")
+        if saga_type is None:
+            return
+        from ..registry import discover
+        from ..settings import load_settings
+        from . import fields
+
+        sagas = discover(load_settings().imports)
+        console = render.console()
+        saga = sagas.get(saga_type)
+        if saga is None:
+            known = ", ".join(sorted(sagas)) or "none"
+            console.print(f"unknown saga type {saga_type!r} (known: {known})")
+            return
+        console.print(fields.render(saga_type, saga.input_model), width=min(console.width, 100))
+
+
 def register(app: typer.Typer) -> None:
     """Add the saga commands to `app`."""
 
-    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    @app.command(
+        cls=RunCommand,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        epilog="`sagakit run TYPE --help` lists the input fields of TYPE.",
+    )
     def run(
         ctx: typer.Context,
         saga_type: Annotated[str, typer.Argument(help="Saga type, e.g. slam.")],
@@ -84,7 +178,7 @@ def register(app: typer.Typer) -> None:
         idempotency_key: Annotated[str | None, typer.Option(help="Start at most once.")] = None,
         timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 300.0,
     ) -> None:
-        """Start a saga; extra ``--field value`` options become input fields."""
+        """Start a saga; extra `--field value` options become input fields."""
         data: dict[str, Any] = {}
         if input_json:
             try:
@@ -97,11 +191,18 @@ def register(app: typer.Typer) -> None:
         with ExitStack() as stack:
             system = open_system(stack, worker=True)
             engine = system.engine
-            if engine.definition(saga_type).input_model is None:
+            model = engine.definition(saga_type).input_model
+            if model is None:
                 # No model to coerce strings: read each value as JSON where it parses.
                 data.update({k: _maybe_json(v) for k, v in fields.items()})
             else:
-                data.update(fields)
+                # The model coerces text to numbers and booleans; objects and lists are JSON.
+                from .fields import json_fields, schema_of
+
+                structured = json_fields(schema_of(model))
+                data.update(
+                    {k: _maybe_json(v) if k in structured else v for k, v in fields.items()}
+                )
             result = engine.start(saga_type, data, idempotency_key=idempotency_key)
             if system.settings.embedded and not wait:
                 render.console(stderr=True).print(
@@ -116,7 +217,8 @@ def register(app: typer.Typer) -> None:
                     else result.saga_id
                 )
                 return
-            view = follow(system.queries, result.saga_id, timeout, live=sys.stderr.isatty())
+            with interruptible(result.saga_id, embedded=system.settings.embedded):
+                view = follow(system.queries, result.saga_id, timeout, live=sys.stderr.isatty())
             if as_json:
                 typer.echo(json.dumps(view, default=str))
             else:
@@ -137,8 +239,13 @@ def register(app: typer.Typer) -> None:
         if status is not None and status not in statuses:
             raise InvalidInput("--status", f"{status!r} is not one of {', '.join(statuses)}")
         with ExitStack() as stack:
-            queries = open_system(stack, worker=False).queries
-            views, _ = queries.page(status=status, saga_type=saga_type, limit=limit)
+            queries = open_reads(stack)
+            try:
+                views, _ = queries.page(status=status, saga_type=saga_type, limit=limit)
+            except Exception as exc:
+                if not never_migrated(queries, exc):
+                    raise
+                views = []
         if as_json:
             typer.echo(json.dumps(views))
         else:
@@ -150,8 +257,15 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
         """Show a saga: status, timeline of every attempt, transition history."""
+        checked_id(saga_id)
         with ExitStack() as stack:
-            view = open_system(stack, worker=False).queries.detail(checked_id(saga_id))
+            queries = open_reads(stack)
+            try:
+                view = queries.detail(saga_id)
+            except Exception as exc:
+                if not never_migrated(queries, exc):
+                    raise
+                raise SagaNotFound(saga_id) from None
         if as_json:
             typer.echo(json.dumps(view, default=str))
         else:
@@ -182,12 +296,45 @@ def register(app: typer.Typer) -> None:
 
 def _settled_status(system: System, saga_id: str) -> str:
     """In embedded mode the steps run in this process: wait for them to settle."""
-    record: SagaRecord = (
-        system.queries.wait(saga_id, timeout=300)
-        if system.settings.embedded
-        else system.queries.get(saga_id)
-    )
-    return record.status
+    if not system.settings.embedded:
+        return system.queries.get(saga_id).status
+    with interruptible(saga_id, embedded=True):
+        return system.queries.wait(saga_id, timeout=300).status
+
+
+@contextmanager
+def interruptible(saga_id: str, *, embedded: bool) -> Iterator[None]:
+    """Turn Ctrl-C while waiting for a saga into one line and exit status 130.
+
+    The saga is durable either way. In embedded mode its steps run in this process: the
+    first Ctrl-C lets the step in flight finish (the worker's warm shutdown, on the way
+    out), whose outcome the log keeps, and the next embedded process resumes the saga (its
+    sweeper sends again what this one's in-memory broker held). A second Ctrl-C quits at
+    once; the step it cut short is retried once this worker's heartbeat is stale.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        if embedded:
+            signal.signal(signal.SIGINT, _quit_now)
+            message = (
+                f"interrupted: saga {saga_id} is still running and resumes with the next "
+                "sagakit command that runs sagas here (sagakit worker, sagakit run); letting "
+                "the step in flight finish, Ctrl-C again to quit now"
+            )
+        else:
+            message = (
+                f"interrupted: saga {saga_id} keeps running on the workers; "
+                f"`sagakit show {saga_id}` tells how it ends"
+            )
+        render.console(stderr=True).print(message, soft_wrap=True, markup=False)
+        raise typer.Exit(130) from None
+
+
+def _quit_now(*_: object) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def _maybe_json(value: str) -> Any:

@@ -22,18 +22,17 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 
 from ..core.errors import SagaError
-from ..runtime.app import SAGAKIT_QUEUE
-from ..settings import Settings, load_settings
-from ..store import upgrade_database
-from ..system import System
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from ..system import System
 
 PASSWORD_FILE = "flower-password"
 FLOWER_DB = "flower.db"
@@ -68,6 +67,8 @@ def _pump(name: str, stream: IO[bytes]) -> None:
 
 def plan(settings: Settings, system: System, concurrency: int, password: str) -> list[Child]:
     """The processes to run, in start order."""
+    from ..runtime.app import SAGAKIT_QUEUE
+
     sagakit = _bin("sagakit")
     queues = sorted(system.queues - {SAGAKIT_QUEUE})
     children = [
@@ -249,12 +250,29 @@ def _check_alive(children: list[Child]) -> None:
         raise StackError(f"{codes}; stopping the stack (nothing is restarted)")
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, token: str | None = None) -> bool:
+    """Whether `url` answers 200 (with the API token, which /healthz needs when protected)."""
+    import urllib.request
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=1) as response:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+def require_extra(command: str, modules: tuple[str, ...]) -> None:
+    """Refuse, in one line, to run `command` without the ``api`` extra it needs."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise StackError(
+            f"{command} needs the api extra ({', '.join(missing)} not installed): "
+            "pip install 'sagakit[api]' (make install in a checkout)"
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -266,15 +284,20 @@ def register(app: typer.Typer) -> None:
         port: Annotated[int | None, typer.Option(min=1, max=65535)] = None,
     ) -> None:
         """Serve the HTTP API (OpenAPI docs at /docs)."""
+        require_extra("sagakit api", ("fastapi", "uvicorn"))
         import uvicorn
 
+        from ..api import create_app
         from ..logs import configure_logging
+        from ..settings import load_settings
 
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
+        # Built here rather than by uvicorn's factory, so that a database unreachable at
+        # start is one line and exit status 3, not uvicorn's traceback.
+        application = create_app(settings)
         uvicorn.run(
-            "sagakit.api:create_app",
-            factory=True,
+            application,
             host=host or settings.api_host,
             port=port or settings.api_port,
             log_config=None,
@@ -289,6 +312,12 @@ def register(app: typer.Typer) -> None:
         ] = 60,
     ) -> None:
         """Run migrations, a worker per queue, the API and Flower; Ctrl-C stops them all."""
+        require_extra("sagakit up", ("fastapi", "uvicorn", "flower"))
+        from ..settings import load_settings
+        from ..store import upgrade_database
+        from ..system import System
+        from .sagas import check_broker
+
         settings = load_settings()
         if settings.embedded or settings.database_url.startswith("sqlite"):
             raise StackError(
@@ -302,6 +331,7 @@ def register(app: typer.Typer) -> None:
         password, where = flower_password(settings)
         upgrade_database(settings.database_url)
         system = System(settings, migrate=False)
+        check_broker(system)
         children = plan(settings, system, concurrency, password)
         stopping = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -322,8 +352,13 @@ def register(app: typer.Typer) -> None:
             base = f"http://{settings.api_host}:{settings.api_port}"
             flower = f"http://{settings.api_host}:{settings.flower_port}"
             deadline = time.monotonic() + ready_timeout
-            for what, url in (("the API", f"{base}/healthz"), ("Flower", f"{flower}/healthcheck")):
-                while not _healthy(url) and not stopping.is_set():
+            # SAGAKIT_API_PROTECT_SYSTEM puts /healthz behind the token: send it when set.
+            checks = (
+                ("the API", f"{base}/healthz", settings.api_token),
+                ("Flower", f"{flower}/healthcheck", None),
+            )
+            for what, url, token in checks:
+                while not _healthy(url, token) and not stopping.is_set():
                     _check_alive(children)
                     if time.monotonic() > deadline:
                         raise StackError(f"{what} did not become healthy within {ready_timeout}s")

@@ -27,6 +27,8 @@ def _robots_db() -> Iterator[sa.Engine]:
     databases = Databases(SlamSettings())
     try:
         yield databases.engine(Service.ROBOTS)
+    except sa.exc.OperationalError:
+        raise  # an unreachable database: sagakit's CLI says which, in one line (exit 3)
     except (SchemaMismatch, fleet.UnknownRobots, ValueError, sa.exc.SQLAlchemyError) as exc:
         typer.echo(f"error: {exc}".splitlines()[0], err=True)
         raise typer.Exit(2) from None
