@@ -6,6 +6,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+CONNECT_TIMEOUT = 5
+"""Seconds to wait for a PostgreSQL server to accept a connection."""
+
 
 def normalise_url(url: str) -> str:
     """Use psycopg 3 for PostgreSQL URLs given without a driver."""
@@ -32,7 +35,10 @@ def make_db(url: str, *, pool_size: int = 5, autocommit: bool = False) -> sa.Eng
         sa.event.listen(db, "connect", _sqlite_on_connect)
         sa.event.listen(db, "begin", _sqlite_on_begin)
         return db
-    # No pre-ping: it costs a round trip per checkout; stale connections are recycled.
+    # No pre-ping: it costs a round trip per checkout; stale connections are recycled. A
+    # connect timeout, so a host that drops packets is an outage in seconds, not minutes.
+    if url.startswith("postgresql"):
+        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     return sa.create_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=1800, **options)
 
 

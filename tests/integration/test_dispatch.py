@@ -1,0 +1,110 @@
+"""Step messages on a real Redis broker: what Celery would send, and the broker's epoch."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from sagakit.messages import OutboxMessage
+from sagakit.runtime.dispatch import EPOCH_KEY, BrokerWatch, CeleryDispatcher, RedisDispatcher
+from tests.support.redis_server import RedisServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.redis]
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[str]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server.url
+    server.stop()
+
+
+def _app(url: str) -> Celery:
+    app = Celery("dispatch-test", broker=url, set_as_current=False)
+    app.conf.task_default_queue = "celery"
+    return app
+
+
+def _message(queue: str, *, timeout: float | None = 10.0, **extra: Any) -> OutboxMessage:
+    kwargs: Any = {
+        "saga_id": "0123456789abcdef",
+        "saga_type": "order",
+        "step": "reserve[2]",
+        "attempt": 3,
+        "direction": "compensation",
+        "item": {"sku": "é-1", "n": [1, 2.5, None]},
+        **extra,
+    }
+    return OutboxMessage(
+        "0123456789abcdef",
+        "0123456789abcdef.02.reserve-2.comp.3",
+        "shop.release",
+        queue,
+        kwargs,
+        timeout,
+        datetime.now(UTC),
+    )
+
+
+def _popped(client: redis.Redis, queue: str) -> dict[str, Any]:
+    raw = client.rpop(queue)
+    assert raw is not None, f"nothing in {queue}"
+    envelope = json.loads(raw)
+    envelope["body"] = json.loads(base64.b64decode(envelope["body"]))
+    del envelope["properties"]["delivery_tag"]  # random per message
+    return dict(envelope)
+
+
+@pytest.mark.parametrize("time_limits", [False, True])
+@pytest.mark.parametrize("timeout", [10.0, None])
+def test_a_step_message_is_the_one_celery_and_kombu_would_push(
+    broker: str, time_limits: bool, timeout: float | None
+) -> None:
+    app = _app(broker)
+    client = redis.Redis.from_url(broker)
+    celery_made = CeleryDispatcher(app, time_limits=time_limits, grace=2.0)
+    ours = RedisDispatcher(app, time_limits=time_limits, grace=2.0)
+    assert celery_made.send([_message("via-kombu", timeout=timeout)]) == []
+    assert ours.send([_message("direct", timeout=timeout)]) == []
+    expected, pushed = _popped(client, "via-kombu"), _popped(client, "direct")
+    expected["properties"]["delivery_info"]["routing_key"] = "direct"
+    assert pushed == expected
+    assert pushed["headers"]["timelimit"] == (
+        [timeout + 4.0, timeout] if time_limits and timeout else [None, None]
+    )
+
+
+def test_the_first_send_into_an_emptied_broker_records_when_its_rows_were_sent(
+    broker: str,
+) -> None:
+    app = _app(broker)
+    client = redis.Redis.from_url(broker)
+    dispatcher = RedisDispatcher(app)
+    first = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    dispatcher.send([_message("q")], sent_at=first)
+    dispatcher.send([_message("q")], sent_at=first + timedelta(seconds=5))
+    assert BrokerWatch(app).epoch() == first  # the queues hold everything sent since
+    client.flushdb()  # a restart without persistence, or a flush
+    watch = BrokerWatch(app)
+    before = datetime.now(UTC)
+    epoch = watch.epoch()  # no send since: the sweeper marks the broker emptied now
+    assert epoch is not None and before <= epoch <= datetime.now(UTC)
+    assert float(client.get(EPOCH_KEY) or 0) == pytest.approx(epoch.timestamp(), abs=1e-5)
+    dispatcher.send([_message("q")], sent_at=epoch + timedelta(seconds=1))
+    assert watch.epoch() == epoch
+
+
+def test_a_broker_that_cannot_be_asked_has_no_epoch_for_now(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    app = _app(server.url)  # never started
+    assert BrokerWatch(app).epoch() is None
+    assert RedisDispatcher(app).send([_message("q")]) != []  # refused: the sweeper sends it
