@@ -139,7 +139,7 @@ class RedisDispatcher(CeleryDispatcher):
         a test holds the two to the same message.
         """
         kwargs = dict(m.kwargs)
-        limits = [None, None]
+        limits: list[float | None] = [None, None]
         if self.time_limits and m.timeout is not None:
             limits = [m.timeout + 2 * self.grace, m.timeout]
         headers: dict[str, Any] = {
