@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,9 +36,9 @@ from .core.events import (
 )
 from .core.inputs import check_idempotency_key, check_saga_id, validated_input
 from .core.machine import decide, needs
-from .core.state import SagaState
+from .core.state import SagaState, StepState
 from .journal import Attempt, Entry, entries
-from .messages import OutboxMessage, StepKwargs, task_id
+from .messages import OutboxMessage, StepKwargs, seal, task_id
 from .ports import Dispatcher, EventPublisher
 from .store.log import Snapshot, SqlLog, Transition
 
@@ -110,7 +110,7 @@ class Engine:
         head = SagaState(saga_id, saga.name, saga.version)
         event = SagaStarted(data)
         decision = decide(saga, head, {}, event)
-        messages = self._messages(saga, decision, now, data)
+        messages = self._messages(saga, decision, now, data, version=0, read={})
         rows = entries(head, decision, event, list(messages.values()), now)
         existing = self.log.start(
             head,
@@ -184,11 +184,16 @@ class Engine:
         snapshot: Snapshot | None = None,
     ) -> Decision:
         """Apply one event: to `snapshot` if nothing changed the saga since it was read,
-        else under the saga's row lock. Raises SagaNotFound, InvalidTransition."""
+        else under the saga's row lock. Raises SagaNotFound, InvalidTransition.
+
+        With other attempts in flight (parallel branches), the saga would most likely have
+        changed: the event goes under the lock at once, without a write bound to fail.
+        """
         now = self.clock()
         wanted = needs(event)
         applied = None
-        if snapshot is not None and snapshot.covers(wanted):
+        if snapshot is not None and snapshot.covers(wanted) and snapshot.state.busy <= 1:
+            # Nothing else was in flight: the saga most likely has not changed since.
             applied = self._apply(self.log.on(snapshot), event, attempt, now)
         if applied is None:
             with self.log.transition(saga_id, wanted) as tx:
@@ -221,7 +226,7 @@ class Engine:
         decision = decide(saga, tx.state, tx.steps, event)
         if decision.ignored:
             return (tx.state, decision, {}, []) if locked else None
-        messages = self._messages(saga, decision, now)
+        messages = self._messages(saga, decision, now, version=tx.version + 1, read=tx.steps)
         rows = entries(tx.state, decision, event, list(messages.values()), now, attempt)
         output = (event.step, event.output) if isinstance(event, StepSucceeded) else None
         if not tx.write(decision, messages, rows, now=now, output=output):
@@ -260,10 +265,18 @@ class Engine:
         decision: Decision,
         now: datetime,
         input: Mapping[str, Any] | None = None,
+        *,
+        version: int,
+        read: Mapping[str, StepState],
     ) -> dict[str, OutboxMessage]:
+        """The decision's messages; those sent now carry the saga as this transition leaves
+        it (`version`, after it; `read`, the instances it read), for the worker to decide on."""
         state = decision.state
-        return {
-            c.step: self.message(
+        out = {}
+        changed = {st.name: st for st in (*decision.created, *decision.updated)}
+        known, top = (False, None) if state.sources else _top_after(read, changed)
+        for c in decision.commands:
+            message = self.message(
                 saga,
                 state.saga_id,
                 c.step,
@@ -274,8 +287,16 @@ class Engine:
                 now + timedelta(seconds=c.delay),
                 input,
             )
-            for c in decision.commands
-        }
+            if known and c.delay <= 0 and c.step in changed:
+                steps = {c.step: changed[c.step]}
+                if top is not None:
+                    steps[top.name] = top
+                carried = Snapshot(state, version, steps).encode()
+                key = self.log.state_key()
+                header = seal(key, message.task_id, message.kwargs, carried)
+                message = replace(message, state=header)
+            out[c.step] = message
+        return out
 
     def message(
         self,
@@ -331,6 +352,27 @@ class Engine:
                 self.events.publish(rows)
             except Exception as exc:  # best effort: the SQL log is the source of truth
                 logger.warning("event stream publish failed: %s", exc)
+
+
+def _top_after(
+    read: Mapping[str, StepState], changed: Mapping[str, StepState]
+) -> tuple[bool, StepState | None]:
+    """(known, the instance next to undo) once `changed` is written over `read`.
+
+    `read` holds the next to undo before the transition, if any: afterwards it is that one
+    if still waiting, or a changed instance with a later order. If it stopped waiting (its
+    compensation began), the one after it was not read: unknown.
+    """
+    before = max(
+        (st for st in read.values() if st.order is not None),
+        key=lambda st: st.order or 0,
+        default=None,
+    )
+    after = {**read, **changed}
+    if before is not None and after[before.name].order is None:
+        return False, None
+    waiting = [st for st in after.values() if st.order is not None]
+    return True, max(waiting, key=lambda st: st.order or 0, default=None)
 
 
 def _error_text(error: BaseException | str | None) -> str | None:

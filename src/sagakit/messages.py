@@ -10,6 +10,9 @@ Its kwargs carry ids, the fan-out item and what the step declared it reads
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -76,6 +79,39 @@ TIMEOUT_HEADER = "sagakit_timeout"
 the attempt, so the sweeper knows when a running attempt has overrun."""
 
 
+STATE_HEADER = "sagakit_state"
+"""Message header with the saga as the transition that sent the message left it (the head,
+its version, the attempt's instance and the next to undo, as JSON): the worker decides the
+attempt's outcome on it without reading the saga first (`store.log.Snapshot`). Absent from
+messages the sweeper sends, and while the head holds lists a later ``for_each`` fans out
+over: the worker reads the saga then.
+
+The header is sealed (`seal`) with a key kept in the saga log, over the task id, the kwargs
+and the state: a worker trusts it only if the seal holds, so whoever can write to the broker
+but not read the saga log cannot make a worker run a step the log never scheduled."""
+
+
+def seal(key: bytes, task_id: str, kwargs: Mapping[str, Any], state: str) -> str:
+    """The STATE_HEADER value for `state`: ``<mac>.<state>``, HMAC-SHA256 (128 bits)."""
+    return f"{_mac(key, task_id, kwargs, state)}.{state}"
+
+
+def unseal(key: bytes, task_id: str, kwargs: Mapping[str, Any], header: Any) -> str | None:
+    """The state a sealed header holds, if its seal is good for this task id and kwargs."""
+    if not isinstance(header, str):
+        return None
+    mac, dot, state = header.partition(".")
+    if not dot or not hmac.compare_digest(mac, _mac(key, task_id, kwargs, state)):
+        return None
+    return state
+
+
+def _mac(key: bytes, task_id: str, kwargs: Mapping[str, Any], state: str) -> str:
+    body = json.dumps(kwargs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    signed = "\n".join((task_id, body, state)).encode()
+    return hmac.new(key, signed, hashlib.sha256).hexdigest()[:32]
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxMessage:
     """One step message to send: written in a transition's transaction, sent after it."""
@@ -88,6 +124,8 @@ class OutboxMessage:
     timeout: float | None
     """The step's timeout in seconds (see TIMEOUT_HEADER and `CeleryDispatcher`)."""
     not_before: datetime
+    state: str | None = None
+    """The STATE_HEADER to send with the message, if any."""
 
 
 class BadMessage(ValueError):

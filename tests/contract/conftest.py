@@ -12,7 +12,7 @@ import pytest
 from sagakit.store import make_db, upgrade
 from sagakit.store.schema import metadata, metrics_state
 
-KEEP = {"sagakit_metrics_state", "alembic_version"}
+KEEP = {"sagakit_metrics_state", "sagakit_keys", "alembic_version"}
 
 
 def _empty(url: str) -> None:

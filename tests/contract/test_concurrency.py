@@ -31,9 +31,9 @@ def test_simultaneous_branch_outcomes_advance_the_saga_exactly_once(
     branches = [m for m in rig.dispatcher.sent if m.kwargs["step"] in BRANCHES]
     assert len(branches) == sagas * len(BRANCHES)
 
-    # One thread per branch of every saga, released together; each read its saga before
-    # the release, as a worker does before it runs the step, so all but one write per saga
-    # find the saga changed and apply their outcome under the lock.
+    # One thread per branch of every saga, released together, each with the state its
+    # message carries (the same for every branch): with siblings in flight, each outcome
+    # is applied under the saga's row lock.
     barrier = threading.Barrier(len(branches))
     errors: list[BaseException] = []
     snapshots = [rig.check(m) for m in branches]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 import sqlalchemy as sa
 
 from sagakit import InvalidInput, InvalidTransition, SagaNotFound, UnknownSagaType
 from sagakit.core.events import StepSucceeded
+from sagakit.messages import seal
+from sagakit.store import SqlLog
 from sagakit.store.recovery import Held
 from tests.support.recording import FailingDispatcher
 from tests.support.rig import FAN, Rig
@@ -57,20 +60,42 @@ def test_a_worker_check_tells_current_from_stale_and_unknown(rig: Rig) -> None:
     assert log.check("missing", "a", "action", 1) is None
 
 
-def test_an_outcome_is_one_write_when_nothing_changed_the_saga(rig: Rig) -> None:
+def test_an_outcome_is_one_write_on_the_state_its_message_carries(rig: Rig) -> None:
     saga_id = rig.engine.start("two", {}).saga_id
     counts = rig.engine.log.counts
-    snapshot = rig.check(rig.last())
-    assert snapshot is not None and set(snapshot.steps) == {"a"}
     before = (counts.transactions, counts.statements)
+    snapshot = rig.check(rig.last())  # from the message: no read of the log
+    assert (counts.transactions, counts.statements) == before
+    assert snapshot is not None and set(snapshot.steps) == {"a"} and snapshot.version == 0
     rig.complete(rig.last(), {"made": "a"}, snapshot)
     spent = (counts.transactions - before[0], counts.statements - before[1])
     postgres = rig.engine.log.postgres
     # PostgreSQL: one statement that commits on its own; SQLite: one statement per row.
     assert spent == (1, 1) if postgres else spent[0] == 1
+    carried = rig.check(rig.last())
+    assert carried is not None and set(carried.steps) == {"a", "b"}  # b, and a to undo
     stored = rig.queries.stored(saga_id)
     assert stored.steps["a"].order == 1 and stored.steps["b"].status == "running"
     assert rig.queries.replay(rig.engine.sagas["two"], saga_id) == stored
+
+
+def test_the_carried_state_is_trusted_only_under_the_logs_seal(rig: Rig) -> None:
+    rig.engine.start("two", {})
+    message = rig.last()
+    assert message.state is not None and rig.carried(message) is not None
+    mac, _, state = message.state.partition(".")
+    kw = message.kwargs
+    forged = [
+        replace(message, state=seal(b"a guessed key", message.task_id, kw, state)),
+        replace(message, state=f"{mac}.{state.replace('running', 'succeeded')}"),
+        replace(message, kwargs={**kw, "item": {"robots": 99}}),
+        replace(message, kwargs={**kw, "attempt": 2}),
+        replace(message, task_id=message.task_id.replace("fwd.1", "fwd.2")),
+        replace(message, state=state),  # no seal at all
+    ]
+    assert [rig.carried(m) for m in forged] == [None] * len(forged)
+    # The key is the log's: another process on the same database seals alike.
+    assert SqlLog(rig.engine.log.db).state_key() == rig.engine.log.state_key()
 
 
 def test_an_outcome_read_before_a_cancel_is_applied_to_the_cancelled_saga(rig: Rig) -> None:

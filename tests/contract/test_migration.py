@@ -186,6 +186,7 @@ def test_a_saga_in_flight_goes_on_after_the_upgrade(db_url: str) -> None:
             "sagakit_metrics",
             "sagakit_metrics_state",
             "sagakit_workers",
+            "sagakit_keys",
             "alembic_version",
         ):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))

@@ -44,11 +44,25 @@ def test_the_saga_log_stores_what_the_ledger_holds(
             rig.fail(message)
         decision = ledger.send(shape.saga, _last_event(rig, saga_id))
         assert not decision.ignored
+        for sent_now in rig.dispatcher.sent[sent:]:
+            _carries_the_saga_as_stored(rig, sent_now)
         rig.clock.advance(120)  # every backoff has passed
         rig.sweeper.sweep()
         outstanding.update({m.task_id: m for m in rig.dispatcher.sent[sent:]})
         assert rig.queries.stored(saga_id) == ledger, "the log and the ledger disagree"
     assert rig.queries.replay(shape.saga, saga_id) == rig.queries.stored(saga_id)
+
+
+def _carries_the_saga_as_stored(rig: Rig, message: OutboxMessage) -> None:
+    """A message that carries the saga's state carries what a read of the log gives."""
+    if message.state is None:
+        return
+    kw = message.kwargs
+    carried = rig.carried(message)
+    read = rig.engine.log.check(kw["saga_id"], kw["step"], kw["direction"], kw["attempt"])
+    assert carried is not None and read is not None and read.current
+    assert (carried.state, carried.version) == (read.snapshot.state, read.snapshot.version)
+    assert carried.steps == read.snapshot.steps  # the instance, and the next to undo
 
 
 def _started(shape: Shape) -> Event:

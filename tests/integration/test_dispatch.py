@@ -34,7 +34,9 @@ def _app(url: str) -> Celery:
     return app
 
 
-def _message(queue: str, *, timeout: float | None = 10.0, **extra: Any) -> OutboxMessage:
+def _message(
+    queue: str, *, timeout: float | None = 10.0, state: str | None = None, **extra: Any
+) -> OutboxMessage:
     kwargs: Any = {
         "saga_id": "0123456789abcdef",
         "saga_type": "order",
@@ -52,6 +54,7 @@ def _message(queue: str, *, timeout: float | None = 10.0, **extra: Any) -> Outbo
         kwargs,
         timeout,
         datetime.now(UTC),
+        state,
     )
 
 
@@ -66,15 +69,16 @@ def _popped(client: redis.Redis, queue: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("time_limits", [False, True])
 @pytest.mark.parametrize("timeout", [10.0, None])
+@pytest.mark.parametrize("state", [None, 'f00d.[3,["é"]]'])
 def test_a_step_message_is_the_one_celery_and_kombu_would_push(
-    broker: str, time_limits: bool, timeout: float | None
+    broker: str, time_limits: bool, timeout: float | None, state: str | None
 ) -> None:
     app = _app(broker)
     client = redis.Redis.from_url(broker)
     celery_made = CeleryDispatcher(app, time_limits=time_limits, grace=2.0)
     ours = RedisDispatcher(app, time_limits=time_limits, grace=2.0)
-    assert celery_made.send([_message("via-kombu", timeout=timeout)]) == []
-    assert ours.send([_message("direct", timeout=timeout)]) == []
+    assert celery_made.send([_message("via-kombu", timeout=timeout, state=state)]) == []
+    assert ours.send([_message("direct", timeout=timeout, state=state)]) == []
     expected, pushed = _popped(client, "via-kombu"), _popped(client, "direct")
     expected["properties"]["delivery_info"]["routing_key"] = "direct"
     assert pushed == expected

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from sagakit import InvalidTransition
+from sagakit import InvalidTransition, SagaNotFound
+from sagakit.core.state import SagaState, SagaStatus, StepState, StepStatus
+from sagakit.messages import seal
+from sagakit.store.log import Snapshot
 from tests.support.client import Client
 from tests.support.cluster import Cluster, wait_for
 from tests.support.history import assert_compensated_in_reverse, started, steps_with
@@ -156,3 +161,36 @@ def test_fan_out_over_input_items(client: Client) -> None:
     assert client.get(saga_id).status == "compensated"
     compensated = assert_compensated_in_reverse(client, saga_id)
     assert set(compensated) == {"a", "each[0]", "each[2]"}
+
+
+def test_a_forged_message_runs_no_step(client: Client, cluster: Cluster) -> None:
+    """A message the log never scheduled, carrying a made-up saga state under a seal made
+    without the log's key, makes no step run."""
+    system = client.system
+    saga_id = uuid.uuid4().hex
+    real = system.engine.sagas["linear"]
+    now = datetime.now(UTC)
+    message = system.engine.message(
+        real, saga_id, "a", "action", 1, None, f"{saga_id}.01.a.fwd.1", now, {}
+    )
+    running = SagaStatus.RUNNING
+    head = SagaState(saga_id, "linear", real.version, running, stage=0, busy=1, open=1)
+    step = StepState("a", "a", 0, status=StepStatus.RUNNING, attempt=1)
+    state = Snapshot(head, 0, {"a": step}).encode()
+    header = seal(b"guessed", message.task_id, message.kwargs, state)
+    assert system.engine.dispatcher is not None
+    assert system.engine.dispatcher.send([replace(message, state=header)]) == []
+
+    def about_it() -> list[str]:
+        return [line for line in cluster.logs().splitlines() if saga_id in line]
+
+    wait_for(
+        lambda: any("delivery ignored" in line for line in about_it()),
+        30,
+        "the workers to drop the forged message",
+    )
+    lines = about_it()
+    assert any("not sealed by the saga log" in line for line in lines), lines
+    assert not any("performing" in line for line in lines), lines
+    with pytest.raises(SagaNotFound):
+        client.get(saga_id)

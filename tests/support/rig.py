@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel, Field
 
 from sagakit import Engine, Parallel, RetryPolicy, Saga, Step
-from sagakit.messages import OutboxMessage
+from sagakit.messages import OutboxMessage, unseal
 from sagakit.queries import Queries
 from sagakit.store import SqlLog, make_db, upgrade
 from sagakit.store.log import Snapshot
@@ -96,10 +96,29 @@ class Rig:
     def last(self) -> OutboxMessage:
         return self.dispatcher.sent[-1]
 
-    def check(self, message: OutboxMessage) -> Snapshot | None:
-        """What a worker reads before it runs `message`: the saga as of now."""
+    def carried(self, message: OutboxMessage) -> Snapshot | None:
+        """The saga state `message` carries, unsealed as a worker does, if any."""
         kw = message.kwargs
-        found = self.engine.log.check(kw["saga_id"], kw["step"], kw["direction"], kw["attempt"])
+        key = self.engine.log.state_key()
+        state = unseal(key, message.task_id, kw, message.state)
+        if state is None:
+            return None
+        return Snapshot.carried(state, kw["saga_id"], kw["step"], kw["direction"], kw["attempt"])
+
+    def check(self, message: OutboxMessage) -> Snapshot | None:
+        """What a worker decides `message`'s outcome on: the state it carries, else the
+        saga read now."""
+        kw = message.kwargs
+        saga_id, step, direction, attempt = (
+            kw["saga_id"],
+            kw["step"],
+            kw["direction"],
+            kw["attempt"],
+        )
+        carried = self.carried(message)
+        if carried is not None:
+            return carried
+        found = self.engine.log.check(saga_id, step, direction, attempt)
         return None if found is None else found.snapshot
 
     def complete(

@@ -6,8 +6,12 @@ everything: a `sagakit worker` subprocess serves the ``bench`` queue, where the 
 in turn, for each contender:
 
 - latency: one unit at a time, from the call that submits it to the end of its last piece of
-  work (the last task's own timestamp; the saga's ``finished_at``), median of the runs;
-- throughput: N units submitted at once, units per second until the last one ends;
+  work (the last task's own timestamp; the saga's ``finished_at``), median of the runs. The
+  bench waits as a watching client would, blocked on Redis: on the list the last task pushes
+  to, on the saga event stream for the saga's settling entry (polling the saga log only
+  where the stream is not on the broker's Redis);
+- throughput: N units submitted at once, units per second until the last one ends (sagas
+  polled every 0.2 s: cheaper than reading every entry of the stream);
 - CPU per unit, by process (this one, the worker and its pool, Redis, PostgreSQL's backends
   of this database), and SQL and Redis traffic per step (`bench.probe`).
 
@@ -35,11 +39,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..core.errors import SagaError
+from ..core.state import SETTLED_STATUSES
 from ..settings import Settings
 from . import probe
 from .sagas import BENCH_QUEUE, DONE_KEY
 
 CONTENDERS = ("raw", "chain", "saga", "chain_fail", "saga_fail")
+SETTLED = frozenset(SETTLED_STATUSES)
 LABELS = {
     "raw": "raw Celery task",
     "chain": "Celery chain of {m}",
@@ -150,6 +156,8 @@ class Harness:
         import redis
 
         self.redis = redis.Redis.from_url(settings.broker_url)
+        publishes = getattr(self.system.engine.dispatcher, "publishes_events", False)
+        self.stream = settings.events_stream if publishes else None
         self.worker: subprocess.Popen[bytes] | None = None
 
     # --- the worker -----------------------------------------------------------------
@@ -249,28 +257,62 @@ class Harness:
                 ended[marker] = float(at)
         return ended
 
-    def _settled(self, ids: set[str], timeout: float, poll: float) -> dict[str, float]:
-        """Epoch seconds at which each saga settled (its ``finished_at``)."""
+    def _settled(
+        self, ids: set[str], timeout: float, poll: float, since: str | None = None
+    ) -> dict[str, float]:
+        """Epoch seconds at which each saga settled (its ``finished_at``); waits on the
+        event stream from entry `since` when there is one, else polls every `poll` s."""
         queries = self.system.queries
         left = set(ids)
         deadline = time.monotonic() + timeout
         while left:
             if time.monotonic() > deadline:
                 raise BenchError(f"{len(left)} sagas did not settle within {timeout}s")
+            if self.stream is not None and since is not None:
+                since = self._settling(left, since, deadline)
+                continue
             statuses = queries.statuses(sorted(left))
-            left = {
-                s for s in left if statuses.get(s) not in ("completed", "compensated", "failed")
-            }
+            left = {s for s in left if statuses.get(s) not in SETTLED}
             if left:
                 time.sleep(poll)
         return {s: queries.get(s).finished_at.timestamp() for s in ids}  # type: ignore[union-attr]
 
+    def _settling(self, left: set[str], since: str, deadline: float) -> str:
+        """Read the event stream after `since` (blocking up to a second), removing sagas
+        that settled from `left`; the id of the last entry read."""
+        assert self.stream is not None
+        block = max(1, min(1000, int((deadline - time.monotonic()) * 1000)))
+        read: Any = self.redis.xread({self.stream: since}, count=1000, block=block)
+        for _, entries in read or ():
+            for entry_id, fields in entries:
+                since = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                saga = fields.get(b"saga_id", b"").decode()
+                if saga in left and fields.get(b"status", b"").decode() in SETTLED:
+                    left.discard(saga)
+        return since
+
+    def stream_end(self) -> str | None:
+        """The id of the event stream's last entry (where a wait starting now reads from)."""
+        if self.stream is None:
+            return None
+        last = self.redis.xrevrange(self.stream, count=1)
+        if not last:
+            return "0-0"
+        entry_id = last[0][0]
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
     def wait(
-        self, name: str, submitted: dict[str, float], timeout: float, poll: float
+        self,
+        name: str,
+        submitted: dict[str, float],
+        timeout: float,
+        poll: float,
+        since: str | None = None,
     ) -> dict[str, float]:
-        """Wait for every unit; epoch seconds at which each ended."""
+        """Wait for every unit; epoch seconds at which each ended. `since`: the event
+        stream's last entry before the units were submitted."""
         if name.startswith("saga"):
-            return self._settled(set(submitted), timeout, poll)
+            return self._settled(set(submitted), timeout, poll, since)
         return self._done(set(submitted), timeout)
 
     # --- what is measured -----------------------------------------------------------
@@ -316,10 +358,11 @@ class Harness:
         """One contender, one round: latency over `runs`, then throughput with N in flight."""
         latencies = []
         for _ in range(runs):
+            since = self.stream_end()
             key, at = self.submit(name, steps)
-            ended = self.wait(name, {key: at}, timeout, poll=0.002)
+            ended = self.wait(name, {key: at}, timeout, poll=0.002, since=since)
             latencies.append(ended[key] - at)
-        with self.measured() as spent:
+        with self.measured() as spent:  # polled: reading every entry would cost more
             submitted = dict(self.submit(name, steps) for _ in range(in_flight))
             ended = self.wait(name, submitted, timeout, poll=0.2)
         first = min(submitted.values())

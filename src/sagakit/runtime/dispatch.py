@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..journal import Entry
-from ..messages import TIMEOUT_HEADER, OutboxMessage
+from ..messages import STATE_HEADER, TIMEOUT_HEADER, OutboxMessage
 from ..streams.codec import encode
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ class CeleryDispatcher:
         )
         if m.timeout is not None:
             headers[TIMEOUT_HEADER] = m.timeout
+        if m.state is not None:
+            headers[STATE_HEADER] = m.state
         return headers, properties, body
 
     def send(
@@ -165,6 +167,8 @@ class RedisDispatcher(CeleryDispatcher):
         }
         if m.timeout is not None:
             headers[TIMEOUT_HEADER] = m.timeout
+        if m.state is not None:
+            headers[STATE_HEADER] = m.state
         body = json.dumps([[], kwargs, _NO_CALLBACKS], separators=(",", ":"))
         return json.dumps(
             {

@@ -1,12 +1,15 @@
 """Step tasks: a service's own named Celery tasks, made saga-aware.
 
 ``@saga_task("robots.allocate")`` registers an ordinary Celery task under that name (so
-Flower shows ``robots.allocate``). When a message arrives, the worker asks the saga log
-whether it scheduled that attempt and it is still outstanding (one indexed read, no write:
-a duplicate, a stale attempt or a message the log never sent is acknowledged and dropped),
-runs the function, then records the outcome and advances the saga in one transaction: no
-extra orchestrator hop. A worker that cannot reach the saga log sends the outcome to the
-``sagakit`` queue instead.
+Flower shows ``robots.allocate``). A message the engine sent right after its transition
+carries the saga as that transition left it (`messages.STATE_HEADER`): the worker runs the
+function and records the outcome on that state, in one write that takes effect only if the
+saga has not changed since (else under the saga's row lock, where a stale or duplicate
+outcome is ignored): no read before the step, no extra orchestrator hop. A message without
+it (sent by the sweeper: a retry after its delay, a re-send) makes the worker ask the saga
+log first whether it scheduled that attempt and it is still outstanding (one indexed read:
+a duplicate, a stale attempt or a message the log never sent is acknowledged and dropped).
+A worker that cannot reach the saga log sends the outcome to the ``sagakit`` queue instead.
 
 Expected failures (`NonRetryableError`, `RetryableError`) are logged once, as one warning
 line; anything else also gets Celery's error line with its traceback.
@@ -27,7 +30,8 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from ..core.errors import NonRetryableError, RetryableError
 from ..core.inputs import jsonable
 from ..logs import saga_context
-from ..messages import BadMessage, StepKwargs, decode, parse_task_id
+from ..messages import STATE_HEADER, BadMessage, StepKwargs, decode, parse_task_id, unseal
+from ..store.log import Snapshot
 from .app import SAGAKIT_QUEUE, engine_for
 from .context import LazyInput, LazyResults, StepContext, Unreachable
 
@@ -82,21 +86,29 @@ def execute(task: Any, fn: StepFunction, kwargs: Mapping[str, Any]) -> None:
             return
         log = engine.log
         saga_id, step = message["saga_id"], message["step"]
-        check = log.check(saga_id, step, message["direction"], message["attempt"])
-        if check is None or not check.current:
-            why = "the saga log never scheduled it" if check is None else "it is not current"
-            logger.info("delivery ignored: %s", why, extra={"task_id": task_id})
-            return
+        snapshot = _carried(task.request, kwargs, message, log.state_key())
+        small_input, item = None, message.get("item")
+        if snapshot is None:
+            check = log.check(saga_id, step, message["direction"], message["attempt"])
+            if check is None or not check.current:
+                why = "the saga log never scheduled it" if check is None else "it is not current"
+                logger.info("delivery ignored: %s", why, extra={"task_id": task_id})
+                return
+            snapshot, small_input, item = (
+                check.snapshot,
+                check.input,
+                message.get("item", check.item),
+            )
         context = StepContext(
             saga_id=saga_id,
             saga_type=message["saga_type"],
             step=step,
             attempt=message["attempt"],
             direction=message["direction"],
-            input=message.get("input") or check.input or LazyInput(lambda: log.input(saga_id)),
+            input=message.get("input") or small_input or LazyInput(lambda: log.input(saga_id)),
             results=message.get("results")
             or LazyResults(lambda name: log.output(saga_id, name), lambda: log.outputs(saga_id)),
-            item=message.get("item", check.item),
+            item=item,
             task_id=task_id,
         )
         started = _now()
@@ -107,7 +119,7 @@ def execute(task: Any, fn: StepFunction, kwargs: Mapping[str, Any]) -> None:
                 task_id,
                 worker=worker,
                 started_at=started,
-                snapshot=check.snapshot,
+                snapshot=snapshot,
                 **outcome,
             )
 
@@ -125,6 +137,22 @@ def execute(task: Any, fn: StepFunction, kwargs: Mapping[str, Any]) -> None:
             finish(error=exc, traceback=traceback.format_exc())
             raise
         finish(output=output)
+
+
+def _carried(
+    request: Any, kwargs: Mapping[str, Any], message: StepKwargs, key: bytes
+) -> Snapshot | None:
+    """The saga state the message carries, if its seal holds and it is for this attempt."""
+    header = getattr(request, STATE_HEADER, None)
+    if not header:
+        return None
+    state = unseal(key, request.id or "", kwargs, header)
+    if state is None:
+        logger.warning("the saga state this message carries is not sealed by the saga log")
+        return None
+    return Snapshot.carried(
+        state, message["saga_id"], message["step"], message["direction"], message["attempt"]
+    )
 
 
 def _bad_message(task: Any, exc: BadMessage, worker: str) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -98,6 +99,59 @@ class Snapshot:
     def covers(self, needs: Needs) -> bool:
         """True when `decide` needs nothing for the event beyond what was read."""
         return not needs.failed and all(name in self.steps for name in needs.names)
+
+    def encode(self) -> str:
+        """As the JSON of a message header (`messages.STATE_HEADER`): the head's and the
+        instances' columns as positional lists, the order of `core.codec`'s columns."""
+        state = self.state
+        head = [state.saga_id, state.saga_type, state.definition_version]
+        head += head_row(state).values()
+        rows = [list(step_row(st).values()) for st in self.steps.values()]
+        return json.dumps([self.version, head, rows], separators=(",", ":"))
+
+    @classmethod
+    def carried(
+        cls, text: Any, saga_id: str, name: str, direction: str, attempt: int
+    ) -> Snapshot | None:
+        """A message's state header, if it holds this very attempt as outstanding."""
+        snapshot = cls.decode(text)
+        if snapshot is None or snapshot.state.saga_id != saga_id:
+            return None
+        st = snapshot.steps.get(name)
+        if st is None:
+            return None
+        if direction == "compensation":
+            outstanding = (st.status, st.compensation_attempt) == (StepStatus.COMPENSATING, attempt)
+        else:
+            outstanding = (st.status, st.attempt) == (StepStatus.RUNNING, attempt)
+        return snapshot if outstanding else None
+
+    @classmethod
+    def decode(cls, text: Any) -> Snapshot | None:
+        """From `encode`'s JSON; None for anything else (the worker reads the saga then)."""
+        try:
+            version, head, rows = json.loads(text)
+            state = head_from(dict(zip(SAGA_COLUMNS, head, strict=True)))
+            steps = [step_from(dict(zip(STEP_COLUMNS, row, strict=True))) for row in rows]
+            return cls(state, int(version), {st.name: st for st in steps})
+        except (TypeError, ValueError, KeyError):
+            return None
+
+
+def _stored_key(db: sa.Engine, name: str) -> bytes:
+    """The secret `name` of `sagakit_keys`, made now if there is none (the first writer
+    wins when several processes start at once)."""
+    from . import schema
+
+    keys = schema.keys
+    made = {"name": name, "secret": secrets.token_hex(32), "created_at": datetime.now(UTC)}
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect: Any = postgresql if db.dialect.name == "postgresql" else sqlite
+    with db.begin() as conn:
+        conn.execute(dialect.insert(keys).values(made).on_conflict_do_nothing())
+        secret = conn.execute(sa.select(keys.c.secret).where(keys.c.name == name)).scalar_one()
+    return bytes.fromhex(secret)
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,10 +367,18 @@ class SqlLog:
         self.postgres = db.dialect.name == "postgresql"
         self.sql = _Sql(self.postgres)
         self.counts = COUNTS
+        self._key: bytes | None = None
         if self.postgres:
             from psycopg.types.json import Jsonb
 
             self._Jsonb = Jsonb
+
+    def state_key(self) -> bytes:
+        """The key that seals the state step messages carry (`messages.seal`): made on
+        first use, kept in the log, read once per process."""
+        if self._key is None:
+            self._key = _stored_key(self.db, "state")
+        return self._key
 
     # --- parameters ----------------------------------------------------------------
 

@@ -7,7 +7,8 @@
 - ``sagakit_transitions``: the append-only history, where every attempt's story is kept;
 - ``sagakit_workers``: heartbeats, with the tasks each worker holds;
 - ``sagakit_metrics`` and ``sagakit_metrics_state``: counters folded from the history, so a
-  scrape reads a few rows however long the log.
+  scrape reads a few rows however long the log;
+- ``sagakit_keys``: the secret that seals the saga state a step message carries.
 """
 
 from __future__ import annotations
@@ -208,3 +209,13 @@ metrics_state = sa.Table(
     sa.Column("watermark", UTCDateTime, nullable=False),
 )
 """The one row saying up to when the metrics table holds the log's counts."""
+
+keys = sa.Table(
+    "sagakit_keys",
+    metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("secret", sa.String(128), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+"""Secrets made on first use and kept with the log (``state``: `messages.seal`'s key): only
+who can read the saga log knows them."""
