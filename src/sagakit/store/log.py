@@ -1,14 +1,15 @@
 """The saga log's hot path: a transition is one write statement, prepared once.
 
-Before a worker runs an attempt it reads the saga in one statement (`SqlLog.check`): the
-head with its version, the attempt's step row and the next instance to undo. That read
-tells the worker whether the attempt is still current, and it is all `decide` needs to
-apply the attempt's outcome. The outcome is then written as one statement that changes
-the head only if its version is still the one read, and every other row only if the head
-changed (`Transition.write`): no lock is held while the step runs, and on PostgreSQL the
-write commits on its own, with no BEGIN or COMMIT to send. If anything else changed the
-saga meanwhile (a parallel branch finishing, a cancel, the sweeper), the write changes
-nothing and the engine applies the outcome under the saga's row lock instead
+An attempt's outcome is decided on a `Snapshot` of the saga: the head with its version, the
+attempt's step row and the next instance to undo. The message that started the attempt
+usually carries it (sealed, `messages.STATE_HEADER`); otherwise the worker reads it in one
+statement before running the step (`SqlLog.check`), which also tells whether the attempt is
+still current. The outcome is then written as one statement that changes the head only if
+its version is still the snapshot's, and every other row only if the head changed
+(`Transition.write`): no lock is held while the step runs, and on PostgreSQL the write
+commits on its own, with no BEGIN or COMMIT to send. If anything else changed the saga
+meanwhile (a parallel branch finishing, a cancel, the sweeper), the write changes nothing
+and the engine applies the outcome under the saga's row lock instead
 (`SqlLog.transition`: ``SELECT ... FOR NO KEY UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE``
 on SQLite), from a fresh read.
 
