@@ -22,7 +22,7 @@ WITH g AS (
 INSERT INTO sagakit_sagas (
     saga_id, saga_type, definition_version, status, input, idempotency_key, stage, seq,
     pivot_passed, reason, failed_step, cause, cause_step, open_steps, busy_steps, sources,
-    created_at, updated_at, finished_at, deadline_at
+    created_at, updated_at, finished_at, deadline_at, version
 )
 SELECT 'g' || lpad(to_hex(i), 15, '0'), saga_type, 1, status,
        jsonb_build_object('robots', 1 + i % 4, 'area', 'hall-' || (i % 97)),
@@ -37,7 +37,8 @@ SELECT 'g' || lpad(to_hex(i), 15, '0'), saga_type, 1, status,
        created_at, created_at + interval '2 seconds',
        CASE WHEN status IN ('running', 'compensating') THEN NULL
             ELSE created_at + interval '1 second' * (1 + i % 60) END,
-       CASE WHEN status IN ('running', 'compensating') THEN now() + interval '15 minutes' END
+       CASE WHEN status IN ('running', 'compensating') THEN now() + interval '15 minutes' END,
+       4
 FROM g;
 
 INSERT INTO sagakit_steps (

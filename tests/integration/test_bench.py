@@ -1,0 +1,64 @@
+"""`sagakit bench` itself, run small on the real PostgreSQL and Redis: every mode still works
+against today's schema and reports what it promises (numbers are not asserted: this
+machine is shared)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from sagakit.bench.scale import _measure
+from sagakit.store import make_db
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+SAGAKIT = str(Path(sys.executable).parent / "sagakit")  # the installed entry point
+
+
+def test_the_scale_script_generates_a_log_of_todays_shape(pg_databases: Callable[[], str]) -> None:
+    db = make_db(pg_databases())
+    try:
+        result = _measure(db, 1000, lambda _: None)
+        with db.connect() as conn:
+            sagas = conn.execute(sa.text("SELECT count(*) FROM sagakit_sagas")).scalar_one()
+            steps = conn.execute(sa.text("SELECT count(*) FROM sagakit_steps")).scalar_one()
+    finally:
+        db.dispose()
+    assert sagas == 1000 and steps >= 1000
+    timings = result["timings"]
+    assert {"list newest first", "get one saga (detail)", "GET /metrics (collect)"} <= set(timings)
+    assert all(t["p95_ms"] >= t["p50_ms"] > 0 for t in timings.values())
+
+
+@pytest.mark.redis
+def test_compare_runs_every_contender_and_reports_ratios(
+    pg_databases: Callable[[], str], redis_url: str, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "SAGAKIT_DATABASE_URL": pg_databases(),
+        "SAGAKIT_BROKER_URL": redis_url,
+        "SAGAKIT_REDIS_URL": redis_url,
+    }
+    done = subprocess.run(
+        [SAGAKIT, "bench", "--compare", "--rounds", "1", "--runs", "3", "-n", "20", "--json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    for contender in ("raw", "chain", "saga", "chain_fail", "saga_fail"):
+        assert result[contender]["steps_per_second"] > 0, contender
+    # A saga step is about one durable write: the counts come from every process of the run.
+    assert 1.0 <= result["saga"]["per_step"]["sql_transactions"] < 2.0
+    assert set(result["saga_vs_chain"]) == {"latency", "throughput", "failure_path"}
