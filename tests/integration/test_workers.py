@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ import pytest
 from sagakit import InvalidTransition, SagaNotFound
 from sagakit.core.state import SagaState, SagaStatus, StepState, StepStatus
 from sagakit.messages import seal
+from sagakit.runtime.dispatch import RedisDispatcher
 from sagakit.store.log import Snapshot
 from tests.support.client import Client
 from tests.support.cluster import Cluster, wait_for
@@ -194,3 +196,41 @@ def test_a_forged_message_runs_no_step(client: Client, cluster: Cluster) -> None
     assert not any("performing" in line for line in lines), lines
     with pytest.raises(SagaNotFound):
         client.get(saga_id)
+
+
+def test_a_late_redelivery_of_a_finished_attempt_runs_nothing(
+    client: Client, cluster: Cluster
+) -> None:
+    """A copy of a step message restored long after its attempt finished (kombu marks it
+    redelivered: a visibility timeout, a worker that died holding it) is checked against
+    the log before it runs, even though it carries a well-sealed state."""
+    system = client.system
+    saga_id = run(client, "linear")
+    assert client.get(saga_id).status == "completed", cluster.logs()
+    real = system.engine.sagas["linear"]
+    now = datetime.now(UTC)
+    message = system.engine.message(
+        real, saga_id, "a", "action", 1, None, f"{saga_id}.01.a.fwd.1", now, {"faults": {}}
+    )
+    running = SagaStatus.RUNNING
+    head = SagaState(saga_id, "linear", real.version, running, stage=0, busy=1, open=1)
+    step = StepState("a", "a", 0, status=StepStatus.RUNNING, attempt=1)
+    state = Snapshot(head, 0, {"a": step}).encode()
+    header = seal(system.engine.log.state_key(), message.task_id, message.kwargs, state)
+    dispatcher = system.engine.dispatcher
+    assert isinstance(dispatcher, RedisDispatcher)
+    envelope = json.loads(dispatcher.envelope(replace(message, state=header)))
+    envelope["headers"]["redelivered"] = True  # what kombu's restore writes
+    envelope["properties"]["delivery_info"]["redelivered"] = True
+    dispatcher.client.lpush(message.queue, json.dumps(envelope))
+
+    def about_it() -> list[str]:
+        return [line for line in cluster.logs().splitlines() if saga_id in line]
+
+    wait_for(
+        lambda: any("delivery ignored: it is not current" in line for line in about_it()),
+        30,
+        "the workers to drop the late copy",
+    )
+    performed = [line for line in about_it() if " a #1] performing" in line]
+    assert len(performed) == 1, performed

@@ -142,9 +142,14 @@ def execute(task: Any, fn: StepFunction, kwargs: Mapping[str, Any]) -> None:
 def _carried(
     request: Any, kwargs: Mapping[str, Any], message: StepKwargs, key: bytes
 ) -> Snapshot | None:
-    """The saga state the message carries, if its seal holds and it is for this attempt."""
+    """The saga state the message carries, if its seal holds and it is for this attempt.
+
+    Not for a redelivery (a killed pool process, a visibility timeout, a restored unacked
+    message: kombu marks them): the state may be long stale, and the read before the step
+    drops a copy whose attempt is over, at the cost of one indexed read.
+    """
     header = getattr(request, STATE_HEADER, None)
-    if not header:
+    if not header or _redelivered(request):
         return None
     state = unseal(key, request.id or "", kwargs, header)
     if state is None:
@@ -153,6 +158,11 @@ def _carried(
     return Snapshot.carried(
         state, message["saga_id"], message["step"], message["direction"], message["attempt"]
     )
+
+
+def _redelivered(request: Any) -> bool:
+    delivery = getattr(request, "delivery_info", None) or {}
+    return bool(delivery.get("redelivered") or getattr(request, "redelivered", False))
 
 
 def _bad_message(task: Any, exc: BadMessage, worker: str) -> None:
