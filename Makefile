@@ -39,6 +39,7 @@ test-fast: $(DEV)
 lint: $(DEV)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+	$(BIN)/lint-imports
 
 format: $(DEV)
 	$(BIN)/ruff format src tests

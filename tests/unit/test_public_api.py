@@ -88,3 +88,20 @@ def test_the_examples_use_only_the_public_api() -> None:
             for name in names:
                 if name.split(".")[0] == "sagakit":
                     assert name in public, f"{path.name} imports {name}"
+
+
+def test_the_layers_hold() -> None:
+    """The import-linter contracts in pyproject.toml: the layer rule of the architecture."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert "BROKEN" not in done.stdout and done.stdout.count("KEPT") >= 3, done.stdout

@@ -1,0 +1,1 @@
+"""Celery glue: the app configuration, step tasks, dispatchers and worker processes."""
