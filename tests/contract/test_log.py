@@ -135,6 +135,20 @@ def test_broker_outage_is_covered_by_the_sweeper(rig: Rig) -> None:
     assert rig.sweeper.sweep().sent == 0
 
 
+def test_retries_that_fall_due_together_are_sent_once_each_in_one_sweep(rig: Rig) -> None:
+    ids = [rig.engine.start("two", {}).saga_id for _ in range(5)]
+    for message in list(rig.dispatcher.sent):
+        rig.fail(message)  # attempt 2 waits out its backoff in the step row
+    sent = len(rig.dispatcher.sent)
+    rig.clock.advance(2)
+    assert rig.sweeper.sweep().sent == 5
+    retried = sorted(m.task_id for m in rig.dispatcher.sent[sent:])
+    assert retried == sorted(f"{saga_id}.01.a.fwd.2" for saga_id in ids)
+    assert rig.sweeper.sweep().sent == 0  # each was marked sent, once
+    steps = [s for saga_id in ids for s in rig.queries.steps(saga_id)]
+    assert {(s.state.attempt, s.send_count) for s in steps} == {(2, 1)}
+
+
 def test_a_message_waiting_in_a_busy_queue_is_never_sent_again(rig: Rig) -> None:
     rig.engine.start("two", {})
     rig.broker.depths["celery"] = 5000

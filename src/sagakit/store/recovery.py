@@ -181,10 +181,11 @@ def take_due(
             .limit(limit)
             .with_for_update(of=t.steps, skip_locked=True)
         ).all()
-        for r in rows:
+        if rows:  # one statement for the batch, whatever its size
+            keys = [(r.saga_id, r.name, r.task_id) for r in rows]
             conn.execute(
                 t.steps.update()
-                .where(st.saga_id == r.saga_id, st.name == r.name, st.task_id == r.task_id)
+                .where(sa.tuple_(st.saga_id, st.name, st.task_id).in_(keys))
                 .values(sent_at=now, send_count=st.send_count + 1)
             )
     return _pending(rows)
