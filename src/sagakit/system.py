@@ -14,10 +14,12 @@ from celery import signals
 
 from .engine import Engine
 from .logs import configure_logging
+from .outages import BROKER, unreachable
 from .queries import Queries
 from .registry import discover
 from .runtime.app import SAGAKIT_QUEUE, bind_engine, engine_for, make_celery
 from .runtime.dispatch import BrokerWatch, dispatcher_for
+from .runtime.probe import BrokerProbe
 from .runtime.worker import EmbeddedWorker, holdings
 from .settings import Settings, load_settings
 from .store import SqlLog, make_db, upgrade_database
@@ -59,6 +61,7 @@ class System:
         self._process: _Process | None = None
         bind_engine(self.celery, lambda: self.process.engine)
         self._embedded: EmbeddedWorker | None = None
+        self._probe: BrokerProbe | None = None
 
     @property
     def process(self) -> _Process:
@@ -132,6 +135,24 @@ class System:
             else None,
         )
 
+    def check_broker(self) -> None:
+        """Return once the broker answers; the embedded one always does.
+
+        Raises:
+            Unreachable: the broker did not answer within `BrokerProbe.timeout` (2 s).
+        """
+        if self.settings.embedded:
+            return
+        if self._probe is None:
+            self._probe = BrokerProbe(self.celery)
+        try:
+            self._probe.check()
+        except Exception as exc:
+            outage = unreachable(exc, self.settings, kind=BROKER)
+            if outage is None:
+                raise
+            raise outage from None
+
     def _check_timeouts(self) -> None:
         if self.settings.embedded:
             return
@@ -161,10 +182,13 @@ class System:
         self._embedded = worker
 
     def close(self) -> None:
-        """Stop the embedded worker, if any."""
+        """Stop the embedded worker, if any, and drop the broker probe's connection."""
         if self._embedded is not None:
             self._embedded.stop()
             self._embedded = None
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
 
     def __enter__(self) -> System:
         return self

@@ -20,7 +20,9 @@ from sagakit import Settings, System
 from sagakit.api import create_app
 from sagakit.core.state import ACTIVE_STATUSES, SETTLED_STATUSES
 from sagakit.messages import OutboxMessage
-from sagakit.store import stats
+from sagakit.store import recovery, stats
+from sagakit.store.recovery import Held
+from tests.support.recording import FailingDispatcher
 from tests.support.redis_server import free_port
 from tests.support.rig import Rig
 from tests.support.served import serve
@@ -121,6 +123,14 @@ def gauge(samples: Samples, name: str) -> float:
     return samples[(name, frozenset())]
 
 
+AGES = ("sagakit_outbox_oldest_unsent_seconds", "sagakit_outbox_oldest_unclaimed_seconds")
+"""Gauges measured against the API's clock, not the rig's: they change between scrapes."""
+
+
+def without(samples: Samples, *names: str) -> Samples:
+    return {key: value for key, value in samples.items() if key[0] not in names}
+
+
 def new_messages(rig: Rig, since: int) -> list[OutboxMessage]:
     return rig.dispatcher.sent[since:]
 
@@ -162,7 +172,56 @@ def test_with_nothing_in_flight_every_known_type_and_active_status_exports_zero(
     }
     assert attempts(samples) == {}
     assert gauge(samples, "sagakit_outbox_unsent") == 0
+    assert gauge(samples, "sagakit_outbox_outstanding") == 0
     assert gauge(samples, "sagakit_outbox_oldest_unsent_seconds") == 0
+    assert gauge(samples, "sagakit_outbox_oldest_unclaimed_seconds") == 0
+
+
+def test_the_oldest_unclaimed_message_is_the_oldest_sent_that_no_worker_holds(
+    rig: Rig, scrape: Scraper
+) -> None:
+    rig.engine.start("two", {})
+    first = rig.last()
+    rig.clock.advance(5)
+    rig.engine.start("two", {})
+    second = rig.last()
+    rig.clock.advance(5)
+
+    def oldest_unclaimed() -> float | None:
+        return recovery.outbox(rig.db, rig.clock()).oldest_unclaimed
+
+    assert oldest_unclaimed() == 10.0  # both sent, neither taken
+    assert gauge(scrape(), "sagakit_outbox_oldest_unclaimed_seconds") > 0
+
+    rig.held = [Held(first.task_id)]  # a worker reserved the first, and says so in its beat
+    rig.sweeper.sweep()
+    assert oldest_unclaimed() == 5.0
+
+    rig.held = [Held(first.task_id, rig.clock().timestamp()), Held(second.task_id)]
+    rig.sweeper.sweep()  # it runs the first and holds the second
+    assert oldest_unclaimed() is None
+    outbox = recovery.outbox(rig.db, rig.clock())
+    assert (outbox.unsent, outbox.outstanding) == (0, 2)
+    assert gauge(scrape(), "sagakit_outbox_oldest_unclaimed_seconds") == 0
+
+    rig.clock.advance(3)
+    rig.complete(first)  # b's message is sent now: unclaimed, for no time yet
+    assert oldest_unclaimed() == 0.0
+    rig.clock.advance(2)
+    assert oldest_unclaimed() == 2.0
+
+
+def test_an_unsent_message_is_not_unclaimed(db_url: str) -> None:
+    rig = Rig(db_url)
+    rig.engine.dispatcher = FailingDispatcher()  # the broker refuses: the sweeper will send
+    rig.engine.start("two", {})
+    rig.clock.advance(4)
+
+    outbox = recovery.outbox(rig.db, rig.clock())
+
+    assert (outbox.unsent, outbox.outstanding) == (1, 1)
+    assert outbox.oldest_unsent == 4.0
+    assert outbox.oldest_unclaimed is None
 
 
 def test_counters_count_exactly_what_ran_across_folds_and_never_go_down(
@@ -201,15 +260,13 @@ def test_counters_count_exactly_what_ran_across_folds_and_never_go_down(
     before_fold = samples
 
     assert stats.fold(rig.db, rig.clock()) == 0  # nothing is older than the lag yet
-    assert scrape() == before_fold
+    assert without(scrape(), *AGES) == without(before_fold, *AGES)
     rig.clock.advance(stats.LAG.total_seconds() + 1)
     assert stats.fold(rig.db, rig.clock()) == 6
     folded = scrape()
     watermark = "sagakit_metrics_watermark_timestamp_seconds"
     assert gauge(folded, watermark) > gauge(before_fold, watermark)
-    assert {k: v for k, v in folded.items() if k[0] != watermark} == {
-        k: v for k, v in before_fold.items() if k[0] != watermark
-    }
+    assert without(folded, watermark, *AGES) == without(before_fold, watermark, *AGES)
 
     # After the watermark: the running saga ends, another compensates, a third starts.
     rig.complete(first)

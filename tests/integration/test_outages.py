@@ -1,8 +1,9 @@
 """Dependencies really stopped: private PostgreSQL and Redis servers, never the shared ones.
 
 Every command says in one line which dependency is unreachable and exits 3; the API answers
-503 while the database is down and 200 again once it is back, without a restart; a worker
-says once that its database or broker is gone and once that it answers again.
+503 while the database or the broker is down and 200 again once it is back, without a
+restart (it also starts while the broker is down: only its database must answer at start);
+a worker says once that its database or broker is gone and once that it answers again.
 """
 
 from __future__ import annotations
@@ -167,10 +168,78 @@ def test_the_api_answers_503_while_the_database_is_stopped_and_recovers(
             assert body["field"] is None
             assert body["detail"].startswith(f"the saga log's database at {pg.address} is ")
             assert "check SAGAKIT_DATABASE_URL" in body["detail"]
-        assert _status(f"{base}/healthz") == 503
+        health = _get(f"{base}/healthz")
+        assert health is not None
+        assert health.status_code == 503
+        assert health.json()["database"] == "unreachable: connection refused"
+        assert health.json()["detail"].startswith(f"the saga log's database at {pg.address} is ")
         pg.start()
         wait_for(lambda: _status(f"{base}/api/sagas") == 200, 30, "the API to recover")
         assert _status(f"{base}/healthz") == 200
+        assert api.poll() is None  # the same process throughout
+    finally:
+        api.send_signal(signal.SIGINT)
+        api.wait(30)
+    assert "Traceback" not in log.read_text()
+
+
+LINEAR = {"type": "linear", "input": {}}
+SENDING = [  # the routes that send messages, with their bodies
+    ("/api/sagas", LINEAR),
+    ("/api/sagas/0123456789abcdef/cancel", None),
+    ("/api/sagas/0123456789abcdef/retry", None),
+]
+
+
+def test_the_api_answers_503_while_the_broker_is_stopped_and_recovers(
+    pg: PostgresServer, broker: RedisServer, tmp_path: Path
+) -> None:
+    env = env_for(pg, broker, tmp_path)  # the broker and the event stream on one Redis
+    port = free_port()
+    log = tmp_path / "api.log"
+    broker.stop()
+    with log.open("wb") as out:
+        api = subprocess.Popen(
+            [SAGAKIT, "api", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    expected = (
+        f"the broker at 127.0.0.1:{broker.port} is unreachable (connection refused): "
+        "check SAGAKIT_BROKER_URL and that Redis is running"
+    )
+    try:
+        wait_for(lambda: _status(f"{base}/healthz") == 503, 60, "the API, degraded")
+        broker.start()
+        wait_for(lambda: _status(f"{base}/healthz") == 200, 30, "the API to see the broker")
+        broker.stop()
+        for path, payload in SENDING:
+            sent = httpx.post(base + path, json=payload, timeout=10)
+            assert sent.status_code == 503, (path, sent.text)
+            assert sent.headers["retry-after"] == "5"
+            assert sent.json() == {"detail": expected, "field": None}
+
+        health = _get(f"{base}/healthz")
+        assert health is not None
+        assert health.status_code == 503, health.text
+        assert health.headers["retry-after"] == "5"
+        body = health.json()
+        assert (body["detail"], body["field"]) == (expected, None)
+        assert (body["status"], body["database"]) == ("degraded", "ok")
+        assert body["broker"] == "unreachable: connection refused"
+        # Nothing was started that could not be sent; reads still answer from the log.
+        listed = _get(f"{base}/api/sagas")
+        assert listed is not None
+        assert (listed.status_code, listed.json()["items"]) == (200, [])
+
+        broker.start()
+        wait_for(lambda: _status(f"{base}/healthz") == 200, 30, "the API to recover")
+        started = httpx.post(f"{base}/api/sagas", json=LINEAR, timeout=10)
+        assert started.status_code == 202, started.text
+        wait_for(lambda: broker.queued("work") == 1, 30, "the first step's message")
         assert api.poll() is None  # the same process throughout
     finally:
         api.send_signal(signal.SIGINT)

@@ -1,10 +1,10 @@
-"""The outbox gauges of /metrics through a broker outage: a running API whose broker refuses
-messages, then a real `sagakit worker` whose sweeper sends them once the broker is back."""
+"""The outbox gauges of /metrics through a broker outage: sagas whose messages the broker
+refuses, a real `sagakit worker` whose sweeper sends them once the broker is back (to a queue
+nobody takes yet), then a worker that takes them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -21,6 +21,13 @@ from tests.support.served import serve
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 SAGAS = 3
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+UNCLAIMED = "sagakit_outbox_oldest_unclaimed_seconds"
+GAUGES = (
+    "sagakit_outbox_unsent",
+    "sagakit_outbox_outstanding",
+    "sagakit_outbox_oldest_unsent_seconds",
+    UNCLAIMED,
+)
 
 
 def scrape(http: httpx.Client) -> Samples:
@@ -49,7 +56,7 @@ def broker(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def test_unsent_messages_raise_the_outbox_gauges_until_the_sweeper_sends_them(
+def test_outbox_gauges_follow_messages_unsent_then_unclaimed_until_a_worker_takes_them(
     pg_databases: Callable[[], str], broker: RedisServer, tmp_path: Path
 ) -> None:
     env = worker_env(pg_databases(), broker.url)
@@ -65,22 +72,18 @@ def test_unsent_messages_raise_the_outbox_gauges_until_the_sweeper_sends_them(
         httpx.Client(base_url=base, timeout=30) as http,
     ):
         idle = scrape(http)
-        assert gauge(idle, "sagakit_outbox_unsent") == 0
-        assert gauge(idle, "sagakit_outbox_oldest_unsent_seconds") == 0
+        assert all(gauge(idle, name) == 0 for name in GAUGES)
 
-        def start(_: int) -> str:
-            body = {"type": "linear", "input": {"faults": {}}}
-            response = http.post("/api/sagas", json=body)
-            assert response.status_code == 202, response.text  # the log took it
-            saga_id: str = response.json()["id"]
-            return saga_id
-
-        with ThreadPoolExecutor(SAGAS) as pool:  # each waits for the broker to refuse
-            ids = list(pool.map(start, range(SAGAS)))
+        # The API refuses to start a saga while its broker is down; a saga the engine moves
+        # on meanwhile (here: starts) leaves its messages in the outbox.
+        body = {"type": "linear", "input": {"faults": {}}}
+        assert http.post("/api/sagas", json=body).status_code == 503
+        ids = [system.engine.start("linear", {"faults": {}}).saga_id for _ in range(SAGAS)]
 
         down = scrape(http)
         assert gauge(down, "sagakit_outbox_unsent") == SAGAS
         assert gauge(down, "sagakit_outbox_outstanding") == SAGAS
+        assert gauge(down, UNCLAIMED) == 0  # nothing was sent
         first_age = gauge(down, "sagakit_outbox_oldest_unsent_seconds")
         assert first_age > 0
         wait_for(
@@ -91,7 +94,26 @@ def test_unsent_messages_raise_the_outbox_gauges_until_the_sweeper_sends_them(
 
         broker.start()
         try:
-            workers.start("-c", "1")  # its sweeper sends what the broker refused
+            # This worker takes only sagakit's own queue: its sweeper sends the messages to
+            # the steps' queue, where nobody takes them.
+            workers.start("-c", "1", "-Q", "sagakit")
+            wait_for(
+                lambda: gauge(scrape(http), "sagakit_outbox_unsent") == 0,
+                30,
+                f"the sweeper to send the messages\n{workers.logs()}",
+            )
+            sent = scrape(http)
+            assert gauge(sent, "sagakit_outbox_oldest_unsent_seconds") == 0
+            assert gauge(sent, "sagakit_outbox_outstanding") == SAGAS
+            assert broker.queued("work") == SAGAS
+            first_unclaimed = gauge(sent, UNCLAIMED)
+            wait_for(
+                lambda: gauge(scrape(http), UNCLAIMED) > first_unclaimed + 0.2,
+                10,
+                "the oldest unclaimed message to age",
+            )
+
+            workers.start("-c", "1")  # every queue: it takes them
             wait_for(
                 lambda: completed(scrape(http)) == SAGAS,
                 60,
@@ -100,9 +122,7 @@ def test_unsent_messages_raise_the_outbox_gauges_until_the_sweeper_sends_them(
             up = scrape(http)
         finally:
             workers.stop()
-    assert gauge(up, "sagakit_outbox_unsent") == 0
-    assert gauge(up, "sagakit_outbox_oldest_unsent_seconds") == 0
-    assert gauge(up, "sagakit_outbox_outstanding") == 0
+    assert all(gauge(up, name) == 0 for name in GAUGES)
     for step in ("a", "b", "c", "d"):
         labels = frozenset(
             {

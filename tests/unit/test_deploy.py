@@ -13,10 +13,12 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -48,6 +50,8 @@ DISTINCT_ENV = {
     "POSTGRES_PASSWORD": "pg-pass-x",
     "REDIS_PASSWORD": "redis-pass-x",
     "SAGAKIT_API_TOKEN": "api-token-x",
+    "SAGAKIT_API_READ_TOKEN": "api-read-token-x",
+    "SAGAKIT_API_PROTECT_SYSTEM": "true",
     "SAGAKIT_FLOWER_USER": "flower-user-x",
     "SAGAKIT_FLOWER_PASSWORD": "flower-pass-x",
     "SAGAKIT_BIND": "0.0.0.0",
@@ -62,6 +66,8 @@ DISTINCT_ENV = {
 PLACEHOLDER = re.compile(r"^$|change-?me|placeholder|example|<[^>]*>", re.IGNORECASE)
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|_KEY$", re.IGNORECASE)
 SECRETS = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "SAGAKIT_API_TOKEN", "SAGAKIT_FLOWER_PASSWORD"}
+OPTIONAL_SECRETS = {"SAGAKIT_API_READ_TOKEN"}
+"""Secrets a deployment may leave out: empty by default, never a value."""
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -314,6 +320,40 @@ def test_db_and_redis_have_healthchecks(config: dict[str, Any]) -> None:
     assert "/healthcheck" in " ".join(services["flower"]["healthcheck"]["test"])
 
 
+def test_api_healthcheck_sends_the_token_that_protected_system_routes_need(
+    distinct_config: dict[str, Any], tmp_path: Path
+) -> None:
+    from tests.support.served import embedded_server
+
+    api = distinct_config["services"]["api"]
+    test = api["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    code = test[3]
+    assert "http://localhost:8000/healthz" in code
+    env = _environment(api)
+    assert env["SAGAKIT_API_PROTECT_SYSTEM"] == "true"
+
+    def probe(base: str, token: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", code.replace("http://localhost:8000", base)],
+            env={**env, "SAGAKIT_API_TOKEN": token},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    with embedded_server(
+        tmp_path, api_token=env["SAGAKIT_API_TOKEN"], api_protect_system=True
+    ) as base:
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 401  # protected
+        healthy = probe(base, env["SAGAKIT_API_TOKEN"])
+        assert healthy.returncode == 0, healthy.stderr
+        refused = probe(base, "not-the-token")
+        assert refused.returncode != 0
+        assert "401" in refused.stderr
+
+
 def test_named_volumes(config: dict[str, Any]) -> None:
     services = config["services"]
     volumes = set(config.get("volumes") or {})
@@ -543,8 +583,24 @@ def test_compose_environment_configures_postgres_and_redis(
         assert parts.password == requirepass
 
     assert settings.api_token == DISTINCT_ENV["SAGAKIT_API_TOKEN"]
+    assert settings.api_read_token == DISTINCT_ENV["SAGAKIT_API_READ_TOKEN"]
+    assert settings.api_protect_system is True
     assert settings.imports == ["sagakit_examples.slam"]
     assert str(settings.data_dir) == "/data/sagakit"
+
+
+def test_the_example_env_file_leaves_the_read_token_and_system_protection_off(
+    config: dict[str, Any], clean_env: pytest.MonkeyPatch
+) -> None:
+    from sagakit.settings import load_settings
+
+    for key, value in _environment(config["services"]["api"]).items():
+        clean_env.setenv(key, value)
+    settings = load_settings()
+
+    assert settings.api_token == _env_example()["SAGAKIT_API_TOKEN"]
+    assert not settings.api_read_token
+    assert settings.api_protect_system is False
 
 
 @pytest.mark.parametrize("env_file", ["distinct", "none"])
@@ -608,10 +664,13 @@ def test_env_example_holds_no_real_secret() -> None:
 def test_no_secret_has_a_default() -> None:
     uses = re.findall(r"\$\{([A-Za-z0-9_]+)([^}]*)\}", COMPOSE_FILE.read_text())
     secrets = {name for name, _ in uses if SECRET_NAME.search(name)}
-    assert secrets == SECRETS
+    assert secrets == SECRETS | OPTIONAL_SECRETS
     for name, rest in uses:
         if name in SECRETS:
             assert rest == f":?{name} is not set: copy .env.example to .env and set it", name
+        elif name in OPTIONAL_SECRETS:
+            assert rest == ":-", name
+    assert all(_env_example()[name] == "" for name in OPTIONAL_SECRETS)
 
 
 def test_real_env_file_stays_out_of_git_and_the_image() -> None:

@@ -113,6 +113,12 @@ class SagaLogCollector(Collector):
             "check when sagas stall.",
         )
         oldest.add_metric([], snap.oldest_unsent or 0.0)
+        unclaimed = GaugeMetricFamily(
+            "sagakit_outbox_oldest_unclaimed_seconds",
+            "Age of the oldest message sent but not yet taken by a worker (held by no "
+            "worker's heartbeat; 0 when none): its queue has no free worker.",
+        )
+        unclaimed.add_metric([], snap.oldest_unclaimed or 0.0)
         lag = GaugeMetricFamily(
             "sagakit_metrics_watermark_timestamp_seconds",
             "Up to when the saga log's counters are folded (the rest is read live).",
@@ -129,6 +135,7 @@ class SagaLogCollector(Collector):
             outbox,
             outstanding,
             oldest,
+            unclaimed,
             lag,
         )
 

@@ -266,6 +266,15 @@ class Health(BaseModel):
     broker: str
 
 
+class Degraded(Health):
+    """A dependency is unreachable: the health, with a problem body that names it."""
+
+    status: Literal["degraded"] = "degraded"
+    detail: str
+    """What is unreachable and what to check, one sentence per dependency."""
+    field: None = None
+
+
 class Problem(BaseModel):
     """An error: `detail` says what went wrong, `field` which input when there is one."""
 

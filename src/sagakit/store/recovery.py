@@ -281,9 +281,29 @@ def overdue_sagas(db: sa.Engine, now: datetime, limit: int) -> list[str]:
         ]
 
 
-def outbox(db: sa.Engine, now: datetime) -> tuple[int, int, float | None]:
-    """(unsent messages, outstanding messages, age in seconds of the oldest unsent one)."""
-    st = t.steps.c
+@dataclass(frozen=True, slots=True)
+class Outbox:
+    """Where the step messages stand: the first thing to check when sagas stall."""
+
+    unsent: int
+    """Due messages not sent yet (a broker that refused them, no sweeper running)."""
+    outstanding: int
+    """Step instances with a message outstanding, sent or not, not yet answered."""
+    oldest_unsent: float | None
+    """Age in seconds of the oldest due message not sent yet."""
+    oldest_unclaimed: float | None
+    """Age in seconds of the oldest message sent that no worker's heartbeat holds (running
+    or reserved): waiting in its queue for a worker that is busy, missing or stuck."""
+
+
+def outbox(db: sa.Engine, now: datetime) -> Outbox:
+    """The outbox's depth and the ages of its oldest unsent and unclaimed messages.
+
+    Each read stays on the steps' partial indexes, which hold only the messages in flight:
+    the unclaimed one walks the busy index from its oldest entry, past at most the messages
+    the workers hold (a few per worker process).
+    """
+    st, w = t.steps.c, t.workers.c
     with db.connect() as conn:
         unsent, oldest = conn.execute(
             sa.select(sa.func.count(), sa.func.min(st.not_before)).where(
@@ -293,5 +313,19 @@ def outbox(db: sa.Engine, now: datetime) -> tuple[int, int, float | None]:
         busy = conn.execute(
             sa.select(sa.func.count()).where(st.status.in_(BUSY_STATUSES))
         ).scalar_one()
-    age = None if oldest is None else max(0.0, (now - oldest).total_seconds())
-    return int(unsent), int(busy), age
+        held = {
+            h.task_id
+            for row in conn.execute(sa.select(w.running, w.reserved))
+            for h in (*_decode(row.running), *_decode(row.reserved))
+        }
+        unclaimed = sa.select(st.sent_at).where(
+            st.status.in_(BUSY_STATUSES), st.sent_at.is_not(None)
+        )
+        if held:
+            unclaimed = unclaimed.where(st.task_id.not_in(held))
+        sent = conn.execute(unclaimed.order_by(st.sent_at).limit(1)).scalar()
+    return Outbox(int(unsent), int(busy), _age(now, oldest), _age(now, sent))
+
+
+def _age(now: datetime, since: datetime | None) -> float | None:
+    return None if since is None else max(0.0, (now - since).total_seconds())

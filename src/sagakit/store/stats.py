@@ -104,6 +104,7 @@ class Snapshot:
     unsent: int = 0
     outstanding: int = 0
     oldest_unsent: float | None = None
+    oldest_unclaimed: float | None = None
     watermark: datetime = _EPOCH
 
 
@@ -286,7 +287,7 @@ def snapshot(db: sa.Engine, now: datetime | None = None) -> Snapshot:
                 .group_by(s.saga_type, s.status)
             )
         }
-    unsent, outstanding, oldest = outbox(db, now)
+    messages = outbox(db, now)
     started, finished, attempts = tallies["started"], tallies["finished"], tallies["attempts"]
     return Snapshot(
         started={k[0]: v for k, v in started.counts.items()},
@@ -295,9 +296,10 @@ def snapshot(db: sa.Engine, now: datetime | None = None) -> Snapshot:
         saga_durations={(k[0], k[3]): v for k, v in finished.histograms.items()},
         step_durations=_merge_status(attempts.histograms),
         attempts=dict(attempts.counts),
-        unsent=unsent,
-        outstanding=outstanding,
-        oldest_unsent=oldest,
+        unsent=messages.unsent,
+        outstanding=messages.outstanding,
+        oldest_unsent=messages.oldest_unsent,
+        oldest_unclaimed=messages.oldest_unclaimed,
         watermark=watermark,
     )
 

@@ -1,5 +1,9 @@
 """/api/sagas: start, list, read, cancel and retry sagas.
 
+The routes that send messages (start, cancel, retry) first check that the broker takes a
+connection, so that nothing is started that could not be sent: while it is down they answer
+503 and change nothing, as `sagakit run`, `cancel` and `retry` refuse with exit status 3.
+
 The bearer token is checked at router level: the app factory adds `deps.require_token` to
 these routers when ``SAGAKIT_API_TOKEN`` is set.
 """
@@ -87,6 +91,7 @@ def start_router(saga_types: Mapping[str, Saga]) -> APIRouter:
         ] = None,
     ) -> Started:
         """Start a saga; the same Idempotency-Key twice returns the same saga."""
+        system.check_broker()
         result = system.engine.start(body.type, body.input, idempotency_key=idempotency_key)
         record = system.queries.get(result.saga_id)
         response.headers["Location"] = f"/api/sagas/{result.saga_id}"
@@ -156,6 +161,7 @@ def cancel_saga(
 ) -> SagaSummary:
     """Stop the saga's forward steps and compensate what it did."""
     reason = (body or CancelRequest()).reason
+    system.check_broker()
     system.engine.cancel(saga_id, reason)
     return SagaSummary.model_validate(summary_view(system.queries.get(saga_id)))
 
@@ -167,5 +173,6 @@ def cancel_saga(
 )
 def retry_saga(saga_id: SagaId, system: SystemDep) -> SagaSummary:
     """Resume a failed saga where it stopped."""
+    system.check_broker()
     system.engine.retry(saga_id)
     return SagaSummary.model_validate(summary_view(system.queries.get(saga_id)))
