@@ -5,10 +5,13 @@ Each test reports how long recovery took (see the test output with -s, or the ju
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.integration.conftest import client_system, worker_env
@@ -16,6 +19,7 @@ from tests.support.client import Client
 from tests.support.cluster import Cluster, wait_for
 from tests.support.history import started, steps_with
 from tests.support.redis_server import RedisServer
+from tests.support.workload import TIMEOUT
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.postgres, pytest.mark.redis]
 
@@ -64,6 +68,36 @@ def test_worker_killed_mid_step_does_not_lose_the_saga(
         print(
             f"\nrecovery after SIGKILL mid-step: {recovery:.1f}s (worker lost after 4s of "
             "silence, sweep 0.3s; the step timeout of 8s was not needed)"
+        )
+
+
+def test_a_pool_process_killed_mid_step_is_redelivered_and_recovers_at_once(
+    client: Client, cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The OOM killer or a segfault takes the prefork child running a step; the worker's
+    main process lives on, so its heartbeat says nothing is lost. Celery redelivers the
+    message (`reject_on_worker_lost`), the log says attempt 1 is still the current one, and
+    the step runs again at once: the step's timeout is not waited for."""
+    worker = cluster.start("-c", "2")
+    pidfile = tmp_path / "b.pid"
+    saga_id = client.start("linear", {"faults": {"b": [f"hang_once:{pidfile}"]}}).saga_id
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "b to run"))
+    pool = [child.pid for child in psutil.Process(worker.pid).children()]
+    assert pid in pool, (pid, pool)
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    record = client.wait(saga_id, timeout=TIMEOUT)  # past it, recovery took the timeout
+    recovery = time.monotonic() - killed_at
+    assert record.status == "completed", cluster.logs()
+    assert worker.poll() is None  # the same worker, with a new pool process
+    b = [a for a in client.attempts(saga_id) if a.step == "b" and a.direction == "action"]
+    assert [(a.attempt, a.status) for a in b] == [(1, "succeeded")]
+    assert steps_with(client, saga_id, "step_timed_out") == []
+    with capsys.disabled():
+        print(
+            f"\nrecovery after SIGKILL of the pool process mid-step: {recovery:.1f}s "
+            f"(redelivered at once; the step timeout is {TIMEOUT:.0f}s)"
         )
 
 

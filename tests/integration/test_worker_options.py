@@ -148,7 +148,7 @@ def test_thread_pool_size_and_node_name_reach_celery(workers: dict[str, Any]) ->
 
 def test_prefork_autoscale_and_max_tasks_per_child_reach_celery(workers: dict[str, Any]) -> None:
     stats = workers["stats"]["scaled"]
-    assert stats["pool"]["implementation"] == "celery.concurrency.prefork:TaskPool"
+    assert stats["pool"]["implementation"] == "sagakit.runtime.pool:TaskPool"  # prefork
     assert stats["pool"]["max-tasks-per-child"] == 5
     assert (stats["autoscaler"]["max"], stats["autoscaler"]["min"]) == (3, 1)
 

@@ -4,7 +4,9 @@
 ``fail`` (non-retryable), ``transient:K`` (fail the first K attempts with an unexpected
 exception), ``retryable:K`` (fail the first K attempts with `RetryableError`), ``slow:S``
 (sleep S seconds), ``slow_first:S`` (sleep only on attempt 1), ``undo_fail:K`` (compensation
-fails its first K attempts), ``undo_fail_while:PATH`` (compensation fails while PATH exists).
+fails its first K attempts), ``undo_fail_while:PATH`` (compensation fails while PATH exists),
+``hang_once:PATH`` (the first run writes its process id to PATH and hangs for a minute: a
+test kills that process; a later run, PATH existing, goes on).
 """
 
 from __future__ import annotations
@@ -77,7 +79,11 @@ def _perform(ctx: StepContext) -> dict[str, Any]:
     logger.info("performing %s", ctx.direction)
     for directive in _directives(ctx):
         kind, _, arg = directive.partition(":")
-        if kind == "slow" or (kind == "slow_first" and ctx.attempt == 1):
+        if kind == "hang_once" and not os.path.exists(arg):
+            with open(arg, "w") as pid:
+                pid.write(str(os.getpid()))
+            time.sleep(60)
+        elif kind == "slow" or (kind == "slow_first" and ctx.attempt == 1):
             time.sleep(float(arg))
         elif not undo and kind == "fail":
             raise NonRetryableError(f"{ctx.step} refused")

@@ -76,6 +76,8 @@ def test_options_keep_celerys_meanings() -> None:
     )
     assert single.concurrency == 0  # 0: celery's default, one per CPU
     assert single.autoscale == (6, 0)
+    # Celery's prefork pool, reaping a killed pool process at once (sagakit.runtime.pool).
+    assert single.worker_kwargs()["pool"] == "sagakit.runtime.pool:TaskPool"
 
 
 def test_node_names_expand_like_celerys() -> None:

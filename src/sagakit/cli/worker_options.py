@@ -130,9 +130,11 @@ class WorkerOptions:
 
     def worker_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``app.Worker`` (task events are left to Celery's settings)."""
+        from ..runtime.pool import implementation
+
         return {
             "concurrency": self.concurrency,
-            "pool": self.pool,
+            "pool": implementation(self.pool),  # prefork: sagakit's, which reaps at once
             "autoscale": self.autoscale,
             "max_tasks_per_child": self.max_tasks_per_child,
             "max_memory_per_child": self.max_memory_per_child,

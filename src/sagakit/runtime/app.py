@@ -4,7 +4,8 @@ What each setting buys, and what it costs (Celery's and kombu's docs and issue t
 on these):
 - ``task_acks_late``: ack after the task ran, so a worker crash redelivers it;
 - ``task_reject_on_worker_lost``: a killed pool process requeues its message at once, and
-  the redelivery runs (the saga log sees the same attempt still outstanding);
+  the redelivery runs (the saga log sees the same attempt still outstanding); ``sagakit
+  worker``'s prefork pool notices the killed process at once (`runtime.pool`);
 - ``worker_prefetch_multiplier=1``: a worker holds one unacked message per process;
 - JSON only: messages carry ids and plain data, never pickles;
 - ``visibility_timeout`` (Redis): an unacked message is redelivered after it, so it must
