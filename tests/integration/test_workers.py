@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sagakit import InvalidTransition, SagaNotFound
 from sagakit.core.state import SagaState, SagaStatus, StepState, StepStatus
-from sagakit.messages import seal
+from sagakit.messages import OutboxMessage, seal
 from sagakit.runtime.dispatch import RedisDispatcher
 from sagakit.store.log import Snapshot
 from tests.support.client import Client
 from tests.support.cluster import Cluster, wait_for
 from tests.support.history import assert_compensated_in_reverse, started, steps_with
+from tests.support.workload import TIMEOUT
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 
@@ -234,3 +239,93 @@ def test_a_late_redelivery_of_a_finished_attempt_runs_nothing(
     )
     performed = [line for line in about_it() if " a #1] performing" in line]
     assert len(performed) == 1, performed
+
+
+class Holding:
+    """A dispatcher that takes the engine's messages and sends none (the test sends them)."""
+
+    publishes_events = False
+
+    def __init__(self) -> None:
+        self.held: list[OutboxMessage] = []
+
+    def send(
+        self,
+        messages: Sequence[OutboxMessage],
+        entries: Sequence[object] = (),
+        *,
+        sent_at: datetime | None = None,
+    ) -> list[OutboxMessage]:
+        self.held.extend(messages)
+        return []
+
+
+def _without(kwargs: Mapping[str, Any], key: str) -> Any:
+    return {k: v for k, v in kwargs.items() if k != key}
+
+
+def _push_spoiled(client: Client, spoil: Callable[[list[Any], dict[str, Any]], Any]) -> str:
+    """Start a linear saga and push its first message to the queue spoiled by `spoil`
+    (given the body's args and kwargs, it returns them changed) instead of the real one."""
+    engine = client.system.engine
+    real = engine.dispatcher
+    assert isinstance(real, RedisDispatcher)
+    holding = Holding()
+    engine.dispatcher = holding
+    try:
+        saga_id = client.start("linear", {"faults": {}}).saga_id
+    finally:
+        engine.dispatcher = real
+    [message] = holding.held
+    assert message.task_id == f"{saga_id}.01.a.fwd.1"
+    envelope = json.loads(real.envelope(message))
+    args, kwargs, embed = json.loads(base64.b64decode(envelope["body"]))
+    args, kwargs = spoil(args, kwargs)
+    envelope["body"] = base64.b64encode(json.dumps([args, kwargs, embed]).encode()).decode()
+    real.client.lpush(message.queue, json.dumps(envelope))
+    return saga_id
+
+
+@pytest.mark.parametrize(
+    ("spoil", "why"),
+    [
+        (lambda a, kw: (a, _without(kw, "saga_type")), "saga_type is missing"),
+        (lambda a, kw: (a, {**kw, "attempt": 7}), "attempt is 7, the task id says 1"),
+        (lambda a, kw: (a, {**kw, "input": "x"}), "input must be an object"),
+        (lambda a, kw: ([kw["saga_id"]], kw), "a step message takes keyword arguments only"),
+    ],
+    ids=["no-saga-type", "wrong-attempt", "input-not-an-object", "positional-args"],
+)
+def test_a_malformed_step_message_is_a_failed_attempt_at_once_and_retried(
+    client: Client,
+    cluster: Cluster,
+    spoil: Callable[[list[Any], dict[str, Any]], Any],
+    why: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A step message with its attempt's task id but a body that cannot be decoded is
+    recorded as a failed attempt with the reason, and the step's policy retries it: the
+    attempt is never left outstanding until its timeout."""
+    saga_id = _push_spoiled(client, spoil)
+    pushed_at = time.monotonic()
+    record = client.wait(saga_id, timeout=TIMEOUT)  # past it, the attempt timed out
+    recovery = time.monotonic() - pushed_at
+    assert record.status == "completed", cluster.logs()
+    a = [x for x in client.attempts(saga_id) if x.step == "a"]
+    assert [(x.attempt, x.status) for x in a] == [(1, "failed"), (2, "succeeded")]
+    assert a[0].error == f"malformed step message: {why}"
+    assert steps_with(client, saga_id, "step_timed_out") == []
+    with capsys.disabled():
+        print(f"\nmalformed message ({why}): failed at once, saga completed in {recovery:.2f}s")
+
+
+@pytest.mark.parametrize("field", ["attempt", "saga_id", "step", "direction"])
+def test_a_message_missing_what_its_task_id_says_runs_as_the_task_id_says(
+    client: Client, cluster: Cluster, field: str
+) -> None:
+    """The task id names the saga, the step, the direction and the attempt; the kwargs
+    repeat them, and a body that leaves one out is read by its task id."""
+    saga_id = _push_spoiled(client, lambda a, kw: (a, _without(kw, field)))
+    assert client.wait(saga_id, timeout=TIMEOUT).status == "completed", cluster.logs()
+    a = [x for x in client.attempts(saga_id) if x.step == "a"]
+    assert [(x.attempt, x.status) for x in a] == [(1, "succeeded")]

@@ -45,8 +45,8 @@ def saga_task(name: str, **options: Any) -> Callable[[StepFunction], Any]:
     """Register `fn(ctx) -> output` as the Celery task `name`, run as a saga step."""
 
     def decorate(fn: StepFunction) -> Any:
-        def run(self: Any, **kwargs: Any) -> Any:
-            return execute(self, fn, kwargs)
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return execute(self, fn, kwargs, args)
 
         run.__name__ = fn.__name__
         run.__qualname__ = fn.__qualname__
@@ -68,11 +68,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def execute(task: Any, fn: StepFunction, kwargs: Mapping[str, Any]) -> None:
+def execute(
+    task: Any, fn: StepFunction, kwargs: Mapping[str, Any], args: tuple[Any, ...] = ()
+) -> None:
     """Check the attempt, run the step function, record its outcome."""
     task_id: str = task.request.id or ""
     worker: str = task.request.hostname or socket.gethostname()
     try:
+        if args:
+            raise BadMessage(task_id, "a step message takes keyword arguments only")
         message = decode(task_id, kwargs)
     except BadMessage as exc:
         _bad_message(task, exc, worker)
