@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from ..core.errors import (
     DefinitionError,
@@ -21,6 +23,7 @@ from ..core.errors import (
     SagaNotFound,
     UnknownSagaType,
 )
+from ..core.inputs import MAX_DEPTH
 from ..outages import Unreachable, unreachable
 
 RETRY_AFTER = "5"
@@ -105,10 +108,31 @@ def install(app: FastAPI) -> None:
             status_code=422,
         )
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        why = _unreadable(exc)
+        if why is None:
+            return await http_exception_handler(request, exc)
+        return JSONResponse({"detail": f"body: {why}", "field": "body"}, status_code=400)
+
     app.add_exception_handler(SagaError, saga_error)
+    app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     for error_type in driver_errors():
         app.add_exception_handler(error_type, driver_error)
+
+
+def _unreadable(exc: HTTPException) -> str | None:
+    """Why FastAPI could not read a request's body (it answers a bare 400 "There was an
+    error parsing the body"), or None for any other HTTP error."""
+    if exc.status_code != 400:
+        return None
+    cause = exc.__cause__
+    if isinstance(cause, RecursionError):  # the JSON parser's own limit, about 1000 levels
+        return f"JSON nested too deeply to read (input may nest up to {MAX_DEPTH} levels)"
+    if isinstance(cause, UnicodeDecodeError):
+        return "not UTF-8"
+    return None
 
 
 def driver_errors() -> tuple[type[Exception], ...]:
