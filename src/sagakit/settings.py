@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     task."""
     timeout_grace: float = 5.0
     """Seconds added to a step's timeout before the sweeper declares it timed out."""
+    record_patience: float = 10.0
+    """Seconds a worker retries recording a step's outcome while the saga log is unreachable
+    (with backoff) before it hands the outcome to the ``sagakit`` queue, where a sagakit
+    worker records it once the log answers again."""
     worker_lost_after: float = 30.0
     """Seconds without a heartbeat after which a worker's running attempts are timed out."""
     visibility_timeout: float = 3600.0

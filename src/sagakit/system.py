@@ -59,7 +59,11 @@ class System:
         if migrate:
             upgrade_database(self.settings.database_url)
         self._process: _Process | None = None
-        bind_engine(self.celery, lambda: self.process.engine)
+        bind_engine(
+            self.celery,
+            lambda: self.process.engine,
+            record_patience=self.settings.record_patience,
+        )
         self._embedded: EmbeddedWorker | None = None
         self._probe: BrokerProbe | None = None
 

@@ -6,7 +6,8 @@ exception), ``retryable:K`` (fail the first K attempts with `RetryableError`), `
 (sleep S seconds), ``slow_first:S`` (sleep only on attempt 1), ``undo_fail:K`` (compensation
 fails its first K attempts), ``undo_fail_while:PATH`` (compensation fails while PATH exists),
 ``hang_once:PATH`` (the first run writes its process id to PATH and hangs for a minute: a
-test kills that process; a later run, PATH existing, goes on).
+test kills that process; a later run, PATH existing, goes on), ``done:PATH`` (write PATH
+once the step's work is done, just before its outcome is recorded).
 """
 
 from __future__ import annotations
@@ -95,6 +96,11 @@ def _perform(ctx: StepContext) -> dict[str, Any]:
             raise RuntimeError(f"undo {ctx.step} flaked on attempt {ctx.attempt}")
         elif undo and kind == "undo_fail_while" and os.path.exists(arg):
             raise RuntimeError(f"undo {ctx.step} blocked by {arg}")
+    for directive in _directives(ctx):
+        kind, _, arg = directive.partition(":")
+        if kind == "done":
+            with open(arg, "w") as done:
+                done.write(ctx.direction)
     return {"step": ctx.step, "attempt": ctx.attempt, "item": ctx.item}
 
 

@@ -84,9 +84,19 @@ class EngineSlot:
             return self._engine
 
 
-def bind_engine(app: Any, factory: Callable[[], Engine]) -> None:
-    """Let step tasks running on `app` reach the saga log through `factory`."""
+def bind_engine(app: Any, factory: Callable[[], Engine], *, record_patience: float = 10.0) -> None:
+    """Let step tasks running on `app` reach the saga log through `factory`.
+
+    `record_patience`: seconds a worker retries an outcome while the log is unreachable
+    (`Settings.record_patience`).
+    """
     app.sagakit_engine = EngineSlot(factory)
+    app.sagakit_record_patience = record_patience
+
+
+def record_patience(app: Any) -> float:
+    """Seconds to retry recording an outcome on `app` while the saga log is unreachable."""
+    return float(getattr(app, "sagakit_record_patience", 10.0))
 
 
 def engine_for(app: Any) -> Engine | None:

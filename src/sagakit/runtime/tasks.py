@@ -9,7 +9,8 @@ outcome is ignored): no read before the step, no extra orchestrator hop. A messa
 it (sent by the sweeper: a retry after its delay, a re-send) makes the worker ask the saga
 log first whether it scheduled that attempt and it is still outstanding (one indexed read:
 a duplicate, a stale attempt or a message the log never sent is acknowledged and dropped).
-A worker that cannot reach the saga log sends the outcome to the ``sagakit`` queue instead.
+A worker that cannot reach the saga log sends the outcome to the ``sagakit`` queue instead;
+one whose log is briefly unreachable retries, then does the same (`runtime.outcomes`).
 
 Expected failures (`NonRetryableError`, `RetryableError`) are logged once, as one warning
 line; anything else also gets Celery's error line with its traceback.
@@ -34,6 +35,7 @@ from ..messages import STATE_HEADER, BadMessage, StepKwargs, decode, parse_task_
 from ..store.log import Snapshot
 from .app import SAGAKIT_QUEUE, engine_for
 from .context import LazyInput, LazyResults, StepContext, Unreachable
+from .outcomes import Outcome, failure, or_requeue, record
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +92,15 @@ def execute(
             return
         log = engine.log
         saga_id, step = message["saga_id"], message["step"]
-        snapshot = _carried(task.request, kwargs, message, log.state_key())
+        key = or_requeue(task, "the saga log's key cannot be read", log.state_key)
+        snapshot = _carried(task.request, kwargs, message, key)
         small_input, item = None, message.get("item")
         if snapshot is None:
-            check = log.check(saga_id, step, message["direction"], message["attempt"])
+            check = or_requeue(
+                task,
+                "the saga log cannot check this delivery",
+                lambda: log.check(saga_id, step, message["direction"], message["attempt"]),
+            )
             if check is None or not check.current:
                 why = "the saga log never scheduled it" if check is None else "it is not current"
                 logger.info("delivery ignored: %s", why, extra={"task_id": task_id})
@@ -117,30 +124,28 @@ def execute(
         )
         started = _now()
 
-        def finish(**outcome: Any) -> None:
-            engine.finish(
-                message,
-                task_id,
-                worker=worker,
-                started_at=started,
-                snapshot=snapshot,
-                **outcome,
+        def write(outcome: Outcome) -> object:
+            return engine.finish(
+                message, task_id, worker=worker, started_at=started, snapshot=snapshot, **outcome
             )
+
+        def finish(outcome: Outcome) -> None:
+            record(task, write, message, task_id, outcome, worker=worker, started_at=started)
 
         try:
             output = jsonable(fn(context))
         except SoftTimeLimitExceeded:
-            finish(timed_out=True)
+            finish({"timed_out": True})
             logger.warning("attempt timed out")
             raise Ignore() from None
         except EXPECTED as exc:
-            finish(error=exc, retryable=not isinstance(exc, NonRetryableError))
+            finish(failure(exc, retryable=not isinstance(exc, NonRetryableError)))
             logger.warning("step failed: %s: %s", type(exc).__name__, exc)
             raise Ignore() from None
         except Exception as exc:
-            finish(error=exc, traceback=traceback.format_exc())
+            finish(failure(exc, traceback=traceback.format_exc()))
             raise
-        finish(output=output)
+        finish({"output": output})
 
 
 def _carried(
@@ -184,17 +189,26 @@ def _bad_message(task: Any, exc: BadMessage, worker: str) -> None:
         "direction": parsed.direction,
     }
     with saga_context(parsed.saga_id, step=parsed.step, attempt=parsed.attempt):
-        check = engine.log.check(parsed.saga_id, parsed.step, parsed.direction, parsed.attempt)
+        check = or_requeue(
+            task,
+            "the saga log cannot check this delivery",
+            lambda: engine.log.check(parsed.saga_id, parsed.step, parsed.direction, parsed.attempt),
+        )
         if check is None or not check.current:
             logger.warning("%s; dropped (not an outstanding attempt)", exc)
             return
         logger.warning("%s; recorded as a failed attempt", exc)
-        engine.finish(
-            message,
-            exc.task_id,
-            error=f"malformed step message: {exc.why}",
-            worker=worker,
-            started_at=_now(),
+        started = _now()
+        or_requeue(
+            task,
+            "the failed attempt is not recorded yet",
+            lambda: engine.finish(
+                message,
+                exc.task_id,
+                error=f"malformed step message: {exc.why}",
+                worker=worker,
+                started_at=started,
+            ),
         )
 
 
@@ -257,15 +271,21 @@ def record_outcome(
         raise RuntimeError("sagakit.record_outcome needs a worker bound to the saga log")
     decoded = decode(task_id, message)
     with saga_context(decoded["saga_id"], step=decoded["step"], attempt=decoded["attempt"]):
-        engine.finish(
-            decoded,
-            task_id,
-            output=output,
-            error=error,
-            error_type=error_type,
-            traceback=traceback,
-            retryable=retryable,
-            timed_out=timed_out,
-            worker=worker,
-            started_at=datetime.fromisoformat(started_at) if started_at else None,
+        # Acknowledged only once written: while the log is unreachable, retried, and past
+        # the patience put back on the queue.
+        or_requeue(
+            self,
+            "the outcome is not recorded yet",
+            lambda: engine.finish(
+                decoded,
+                task_id,
+                output=output,
+                error=error,
+                error_type=error_type,
+                traceback=traceback,
+                retryable=retryable,
+                timed_out=timed_out,
+                worker=worker,
+                started_at=datetime.fromisoformat(started_at) if started_at else None,
+            ),
         )
