@@ -79,9 +79,10 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
         wait_for(self._answers, 30, "the private PostgreSQL to answer")
 
-    def stop(self) -> None:
-        """Stop the server (fast shutdown: sessions are cut) and wait until it has exited."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server and wait until it has exited: ``fast`` cuts the sessions,
+        ``immediate`` kills the server processes (a crash; the next start recovers)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def close(self) -> None:
         if (self.data / "postmaster.pid").exists():

@@ -138,12 +138,17 @@ def _unreadable(exc: HTTPException) -> str | None:
 def driver_errors() -> tuple[type[Exception], ...]:
     """The drivers' exception classes that may say a dependency is unreachable."""
     import kombu.exceptions
+    import psycopg
     import redis.exceptions
     import sqlalchemy.exc
 
     return (
         sqlalchemy.exc.OperationalError,
         sqlalchemy.exc.InterfaceError,
+        # The hot path's statements run on psycopg's own connections (store/log.py), whose
+        # errors SQLAlchemy does not wrap.
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
         redis.exceptions.ConnectionError,
         redis.exceptions.TimeoutError,
         kombu.exceptions.OperationalError,

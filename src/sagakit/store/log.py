@@ -412,6 +412,12 @@ class SqlLog:
         pooled = self.db.raw_connection()
         try:
             yield pooled.driver_connection
+        except Exception as exc:
+            # A connection the server cut (a restart, a crash) never goes back to the pool,
+            # as SQLAlchemy does with the connections it runs statements on.
+            if getattr(pooled.driver_connection, "closed", False):
+                pooled.invalidate(exc)
+            raise
         finally:
             pooled.close()
 
