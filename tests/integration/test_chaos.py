@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 
 from tests.integration.conftest import client_system, worker_env
 from tests.support.client import Client
@@ -98,6 +99,60 @@ def test_a_pool_process_killed_mid_step_is_redelivered_and_recovers_at_once(
         print(
             f"\nrecovery after SIGKILL of the pool process mid-step: {recovery:.1f}s "
             f"(redelivered at once; the step timeout is {TIMEOUT:.0f}s)"
+        )
+
+
+def test_a_dead_workers_unacked_message_comes_back_after_the_visibility_timeout_and_is_dropped(
+    client: Client,
+    cluster: Cluster,
+    redis_server: RedisServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A worker SIGKILLed holding a message leaves it unacked in Redis; the sweeper re-drives
+    the saga from the heartbeat within seconds. After the visibility timeout, the next worker
+    that scans for expired messages (at its start, and every ~100 s while it runs) puts the
+    stale copy back on its queue: it is checked against the log and dropped, in one line."""
+    visibility = 12.0  # above the step timeout with twice the grace, as sagakit requires
+    cluster.env["SAGAKIT_VISIBILITY_TIMEOUT"] = str(visibility)
+    victim = cluster.start("-c", "1", name="victim")
+    saga_id = client.start("linear", {"faults": {"b": ["slow_first:30"]}}).saga_id
+    wait_for(lambda: started(client, saga_id, "b"), 30, "b to start")
+    cluster.kill(victim)
+    killed_at = time.monotonic()
+    cluster.start("-c", "1", name="survivor")
+    assert client.wait(saga_id, timeout=60).status == "completed", cluster.logs()
+    recovered = time.monotonic() - killed_at
+
+    broker = redis.Redis.from_url(redis_server.url)
+    assert broker.zcard("unacked_index") == 1  # b's first copy, which the victim held
+    wait_for(
+        lambda: broker.zcount("unacked_index", 0, time.time() - visibility),
+        visibility + 10,
+        "the held copy to pass the visibility timeout",
+    )
+    cluster.start("-c", "1", name="late")  # its start restores expired messages
+
+    def lines() -> list[str]:
+        logs = sorted(cluster.logdir.glob("*.log"))
+        return [line for log in logs for line in log.read_text(errors="replace").splitlines()]
+
+    def dropped() -> list[str]:
+        return [
+            line
+            for line in lines()
+            if saga_id in line and "delivery ignored: it is not current" in line
+        ]
+
+    wait_for(dropped, 30, "the stale copy to be delivered and dropped")
+    dropped_at = time.monotonic() - killed_at
+    performed = [line for line in lines() if saga_id in line and " b #1] performing" in line]
+    assert len(performed) == 1, performed  # on the victim, never again
+    assert broker.zcard("unacked_index") == 0
+    with capsys.disabled():
+        print(
+            f"\nworker SIGKILLed holding a message: saga recovered in {recovered:.1f}s; the "
+            f"stale copy came back {dropped_at:.1f}s after the kill (visibility timeout "
+            f"{visibility:.0f}s) and was dropped: {dropped()[0].split('] ', 1)[-1]}"
         )
 
 
