@@ -23,6 +23,7 @@ from .core.errors import InvalidInput, UnknownSagaType
 from .core.events import (
     CancelRequested,
     CompensationFailed,
+    CompensationResolved,
     CompensationSucceeded,
     Decision,
     Direction,
@@ -36,7 +37,7 @@ from .core.events import (
 )
 from .core.inputs import check_idempotency_key, check_saga_id, validated_input
 from .core.machine import decide, needs
-from .core.state import SagaState, StepState
+from .core.state import SagaState, StepState, parse_instance
 from .journal import Attempt, Entry, entries
 from .messages import OutboxMessage, StepKwargs, seal, task_id
 from .ports import Dispatcher, EventPublisher
@@ -136,6 +137,24 @@ class Engine:
     def retry(self, saga_id: str) -> Decision:
         """Resume a failed saga where it stopped. Raises InvalidTransition otherwise."""
         return self.record(saga_id, RetryRequested())
+
+    def resolve(self, saga_id: str, step: str, reason: str, by: str) -> Decision:
+        """Record that `by` undid `step` by hand after its compensation failed for good, and
+        go on compensating; the saga ends compensated once nothing else is left.
+
+        Raises InvalidInput for an empty reason or name, InvalidTransition unless the saga
+        is failed with `step`'s compensation.
+        """
+        try:
+            parse_instance(step)
+        except ValueError:
+            raise InvalidInput("step", f"{step!r} is not a step instance name") from None
+        for field, value, longest in (("reason", reason, 2000), ("by", by, 200)):
+            if "\x00" in value or not value.strip() or len(value) > longest:
+                raise InvalidInput(
+                    field, f"must be 1 to {longest} characters of text without NUL characters"
+                )
+        return self.record(saga_id, CompensationResolved(step, reason.strip(), by.strip()))
 
     def finish(
         self,

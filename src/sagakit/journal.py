@@ -19,6 +19,7 @@ from typing import Any
 from .core.events import (
     CancelRequested,
     CompensationFailed,
+    CompensationResolved,
     CompensationSucceeded,
     DeadlineExceeded,
     Decision,
@@ -42,6 +43,7 @@ EVENT_NAMES: dict[type, str] = {
     CancelRequested: "cancel_requested",
     DeadlineExceeded: "deadline_exceeded",
     RetryRequested: "retry_requested",
+    CompensationResolved: "compensation_resolved",
 }
 """History names of the events (snake_case, past tense)."""
 
@@ -174,6 +176,8 @@ def _subject(event: Event) -> tuple[str | None, int | None]:
             | CompensationFailed()
         ):
             return event.step, event.attempt
+        case CompensationResolved():
+            return event.step, None
         case _:
             return None, None
 
@@ -192,6 +196,8 @@ def _detail(event: Event) -> dict[str, Any]:
             return {"error": event.reason}
         case CancelRequested():
             return {"reason": event.reason}
+        case CompensationResolved():
+            return {"reason": event.reason, "by": event.by}
         case _:
             return {}
 
@@ -219,6 +225,8 @@ def event_of(
         return DeadlineExceeded()
     if name == "retry_requested":
         return RetryRequested()
+    if name == "compensation_resolved" and step is not None:
+        return CompensationResolved(step, str(detail.get("reason", "")), str(detail.get("by", "")))
     if step is None or attempt is None or name not in OUTCOME_EVENTS:
         return None
     if name == "step_completed":

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sagakit import InvalidTransition, RetryPolicy, Saga, Step
 from sagakit.core.events import Event, SagaStarted
 from sagakit.core.ledger import Ledger
 from sagakit.core.state import SagaState
@@ -84,3 +86,44 @@ def _last_event(rig: Rig, saga_id: str) -> Event:
         if event is not None:
             return event
     raise AssertionError("no event in the history")
+
+
+ONCE = RetryPolicy(max_attempts=1)
+UNDO_ONCE = Saga(
+    "undo_once",
+    [
+        Step("a", "svc.a", "svc.undo_a", retry=ONCE, compensation_retry=ONCE),
+        Step("b", "svc.b", "svc.undo_b", retry=ONCE, compensation_retry=ONCE),
+        Step("c", "svc.c", "svc.undo_c", retry=ONCE),
+    ],
+)
+
+
+def test_a_compensation_resolved_by_hand_is_one_event_that_replays(db_url: str) -> None:
+    rig = Rig(db_url, {"undo_once": UNDO_ONCE})
+    saga_id = rig.engine.start("undo_once", {}).saga_id
+    rig.complete(rig.last())  # a
+    rig.complete(rig.last())  # b
+    rig.fail(rig.last())  # c: compensate b, then a
+    rig.fail(rig.last(), "the vendor is gone")  # b's compensation, for good
+    assert rig.queries.get(saga_id).status == "failed"
+
+    with pytest.raises(InvalidTransition, match="step 'a' has no failed compensation"):
+        rig.engine.resolve(saga_id, "a", "by hand", "ops")
+    rig.engine.resolve(saga_id, "b", "cancelled in the vendor's console", "ana@ops")
+    assert rig.last().kwargs["step"] == "a"
+    assert rig.last().kwargs["direction"] == "compensation"
+    rig.complete(rig.last())
+    assert rig.queries.get(saga_id).status == "compensated"
+
+    entries = [(h.event, h.step, h.from_status, h.to_status) for h in rig.queries.history(saga_id)]
+    at = entries.index(("compensation_resolved", "b", "failed", "compensating"))
+    assert entries[at + 1][0] == "saga_compensating"
+    resolved = rig.queries.history(saga_id)[at]
+    assert resolved.detail is not None
+    assert (resolved.detail["by"], resolved.detail["reason"]) == (
+        "ana@ops",
+        "cancelled in the vendor's console",
+    )
+    assert resolved.attempt is None
+    assert rig.queries.replay(UNDO_ONCE, saga_id) == rig.queries.stored(saga_id)

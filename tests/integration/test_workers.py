@@ -124,6 +124,30 @@ def test_failed_compensation_needs_an_operator_then_retry_resumes(
     assert b_undo == [1, 2, 3, 4]
 
 
+def test_a_compensation_that_fails_for_good_is_resolved_by_an_operator(
+    client: Client, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "gone"
+    blocker.write_text("the compensation of b fails while this file exists")
+    saga_id = run(client, "linear", {"d": ["fail"], "b": [f"undo_fail_while:{blocker}"]})
+    assert client.get(saga_id).status == "failed"
+
+    client.system.engine.resolve(saga_id, "b", "released by hand: its service is gone", "ana")
+    record = client.wait(saga_id, timeout=30)
+    assert record.status == "compensated"
+    assert record.failed_step == "d"
+    assert steps_with(client, saga_id, "step_compensated") == ["c", "a"]
+    [resolved] = [h for h in client.history(saga_id) if h.event == "compensation_resolved"]
+    assert resolved.step == "b"
+    assert resolved.detail is not None
+    assert resolved.detail["by"] == "ana"
+    assert resolved.detail["reason"] == "released by hand: its service is gone"
+    assert [s["step"] for s in resolved.detail["scheduled"]] == ["a"]  # what it went on with
+    saga = client.system.engine.sagas["linear"]
+    queries = client.system.queries
+    assert queries.replay(saga, saga_id) == queries.stored(saga_id)
+
+
 def test_starting_twice_with_one_idempotency_key_returns_one_saga(client: Client) -> None:
     key = f"order-{uuid.uuid4()}"
     first = client.start("linear", {}, idempotency_key=key)

@@ -246,3 +246,26 @@ def test_demo_ends_with_next_steps_that_work_as_printed(
         text=True,
     )
     assert sorted(listed(activated)) == ["compensated", "compensated", "completed"]
+
+
+def test_resolve_records_a_failed_compensation_as_done_by_hand(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "vendor-gone"
+    blocker.write_text("the compensation of a fails while this file exists")
+    faults = {"faults": {"b": ["fail"], "a": [f"undo_fail_while:{blocker}"]}}
+    ran = sagakit(env, "run", "linear", "--input", json.dumps(faults), "--wait", "--json")
+    saga_id = json.loads(ran.stdout)["id"]
+    assert json.loads(ran.stdout)["status"] == "failed", ran.stderr
+
+    refused = sagakit(env, "resolve", saga_id, "b", "--reason", "x")
+    assert refused.returncode == 2
+    assert "step 'b' has no failed compensation" in refused.stderr
+
+    done = sagakit(env, "resolve", saga_id, "a", "--reason", "released by hand", "--by", "ana")
+    assert (done.returncode, done.stdout.strip()) == (0, f"{saga_id} compensated"), done.stderr
+    history = json.loads(sagakit(env, "show", saga_id, "--json").stdout)["history"]
+    resolved = [h for h in history if h["event"] == "compensation_resolved"]
+    assert [(h["step"], h["detail"]) for h in resolved] == [
+        ("a", {"reason": "released by hand", "by": "ana"})
+    ]

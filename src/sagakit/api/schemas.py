@@ -177,6 +177,26 @@ class CancelRequest(BaseModel):
     reason: str = Field(default="cancelled over HTTP", min_length=1, max_length=500)
 
 
+class ResolveRequest(BaseModel):
+    """A failed compensation an operator did by hand: which step, why, and who."""
+
+    model_config = ConfigDict(extra="forbid")
+    step: str = Field(
+        min_length=1,
+        max_length=80,
+        pattern=r"^[a-z][a-z0-9_]*(\[[0-9]+\])?$",
+        description="The step instance whose compensation failed (`explore[1]` for a branch).",
+        examples=["allocate_robots"],
+    )
+    reason: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="What was done by hand, and why.",
+        examples=["robots released from the fleet console; the service is gone"],
+    )
+    by: str = Field(min_length=1, max_length=200, description="Who did it.", examples=["ana@ops"])
+
+
 class SagaSummary(BaseModel):
     """A saga in a listing."""
 

@@ -1,4 +1,4 @@
-"""Commands that start and inspect sagas: run, list, show, cancel, retry."""
+"""Commands that start and inspect sagas: run, list, show, cancel, retry, resolve."""
 
 from __future__ import annotations
 
@@ -292,6 +292,31 @@ def register(app: typer.Typer) -> None:
             system.engine.retry(checked_id(saga_id))
             status = _settled_status(system, saga_id)
         typer.echo(f"{saga_id} {status}")
+
+    @app.command()
+    def resolve(
+        saga_id: Annotated[str, typer.Argument(metavar="ID")],
+        step: Annotated[str, typer.Argument(metavar="STEP", help="Its failed compensation.")],
+        reason: Annotated[str, typer.Option(help="What was done by hand, and why.")],
+        by: Annotated[str | None, typer.Option(help="Who did it (default: user@host).")] = None,
+    ) -> None:
+        """Record a failed compensation as done by hand, and go on compensating."""
+        with ExitStack() as stack:
+            system = open_system(stack, worker=True)
+            system.engine.resolve(checked_id(saga_id), step, reason, by or _operator())
+            status = _settled_status(system, saga_id)
+        typer.echo(f"{saga_id} {status}")
+
+
+def _operator() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def _settled_status(system: System, saga_id: str) -> str:

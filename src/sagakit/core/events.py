@@ -83,6 +83,18 @@ class RetryRequested:
     """An operator asked a failed saga to resume where it stopped."""
 
 
+@dataclass(frozen=True, slots=True)
+class CompensationResolved:
+    """An operator undid by hand what a step did, after its compensation failed for good
+    (the remote system is gone): the instance counts as compensated."""
+
+    step: str
+    reason: str
+    """Why, and what was done."""
+    by: str
+    """Who recorded it."""
+
+
 Event = (
     SagaStarted
     | StepSucceeded
@@ -93,6 +105,7 @@ Event = (
     | CancelRequested
     | DeadlineExceeded
     | RetryRequested
+    | CompensationResolved
 )
 Outcome = StepSucceeded | StepFailed | StepTimedOut | CompensationSucceeded | CompensationFailed
 """Events that report what one attempt of one step instance did."""

@@ -25,6 +25,7 @@ from .errors import InvalidTransition
 from .events import (
     CancelRequested,
     CompensationFailed,
+    CompensationResolved,
     CompensationSucceeded,
     DeadlineExceeded,
     Decision,
@@ -50,12 +51,14 @@ ALLOWED: Mapping[SagaStatus, frozenset[type]] = {
     ),
     SagaStatus.COMPLETED: frozenset(),
     SagaStatus.COMPENSATED: frozenset(),
-    SagaStatus.FAILED: frozenset({StepSucceeded, StepFailed, StepTimedOut, RetryRequested}),
+    SagaStatus.FAILED: frozenset(
+        {StepSucceeded, StepFailed, StepTimedOut, RetryRequested, CompensationResolved}
+    ),
 }
 """The automaton at a glance: which events can change a saga in each status.
 
-Any other event is ignored (a late or duplicate outcome) or, for an operator's cancel or
-retry, refused with InvalidTransition. A cancel while compensating is ignored; a failed
+Any other event is ignored (a late or duplicate outcome) or, for an operator's cancel,
+retry or resolve, refused with InvalidTransition. A cancel while compensating is ignored; a failed
 saga may still hear from an instance that was in flight when it stopped.
 """
 
@@ -77,6 +80,8 @@ def needs(event: Event) -> Needs:
             return Needs(undo_top=True)
         case RetryRequested():
             return Needs(undo_top=True, failed=True)
+        case CompensationResolved():
+            return Needs((event.step,), undo_top=True)
         case _:
             assert_never(event)
 
@@ -84,7 +89,8 @@ def needs(event: Event) -> Needs:
 def decide(saga: Saga, state: SagaState, steps: Mapping[str, StepState], event: Event) -> Decision:
     """Apply one event to a saga, given the instances `needs(event)` names.
 
-    Raises InvalidTransition, changing nothing, for a cancel or retry the status refuses.
+    Raises InvalidTransition, changing nothing, for a cancel, retry or resolve the saga's
+    state refuses.
     """
     t = _Transition(saga, state, steps)
     match event:
@@ -110,6 +116,8 @@ def decide(saga: Saga, state: SagaState, steps: Mapping[str, StepState], event: 
             _deadline(t)
         case RetryRequested():
             _retry(t)
+        case CompensationResolved():
+            _resolve(t, event)
         case _:
             assert_never(event)
     return t.decision()
@@ -437,3 +445,24 @@ def _retry(t: _Transition) -> None:
         t.send(again, "action", again.attempt, 0.0)
     if not failed and not t.state.busy:
         _enter_stage(t, t.state.stage + 1)
+
+
+def _resolve(t: _Transition, event: CompensationResolved) -> None:
+    """The failed compensation of `event.step` was done by hand: go on undoing the rest."""
+    state = t.state
+    if state.status is not SagaStatus.FAILED:
+        why = "only a failed saga has a compensation to resolve"
+        raise InvalidTransition(state.saga_id, state.status, "resolve", why)
+    st = t.view.get(event.step)
+    if st is None or st.status is not StepStatus.COMPENSATION_FAILED:
+        raise InvalidTransition(
+            state.saga_id,
+            state.status,
+            "resolve",
+            f"step {event.step!r} has no failed compensation",
+        )
+    t.put(replace(st, status=StepStatus.COMPENSATED, error=None))
+    t.state = replace(
+        state, status=SagaStatus.COMPENSATING, reason=state.cause, failed_step=state.cause_step
+    )
+    _continue_compensation(t)

@@ -17,6 +17,7 @@ from sagakit.core.errors import InvalidTransition
 from sagakit.core.events import (
     CancelRequested,
     CompensationFailed,
+    CompensationResolved,
     CompensationSucceeded,
     DeadlineExceeded,
     Decision,
@@ -106,6 +107,7 @@ class Run:
         self.input = input or {}
         self.ledger = Ledger(SagaState("s-1", saga.name, saga.version))
         self.history: list[SagaState] = [self.state]
+        self.accepted: list[Event] = []
 
     @property
     def state(self) -> SagaState:
@@ -121,6 +123,8 @@ class Run:
     def send(self, event: Event) -> Decision:
         decision = apply(self.saga, self.ledger, event)
         self.history.append(self.state)
+        if not decision.ignored:
+            self.accepted.append(event)
         return decision
 
     def start(self) -> Decision:
@@ -440,6 +444,59 @@ def test_retry_requested_resumes_the_failed_compensation() -> None:
     assert run.state.status is SagaStatus.COMPENSATED
 
 
+def test_resolving_the_failed_compensation_goes_on_undoing_the_rest() -> None:
+    run = _stuck_compensation()
+    decision = run.send(CompensationResolved("b", "released by hand in the vendor console", "ops"))
+    assert sent(decision) == [("a", "compensation", 1)]
+    assert run.status("b") is StepStatus.COMPENSATED
+    assert run.find("b").error is None  # type: ignore[union-attr]
+    assert run.state.status is SagaStatus.COMPENSATING
+    assert run.state.reason == "step 'd' failed: d broke"  # why it compensates, as before
+    assert undo_all(run, run.undone("a")) == []
+    assert run.state.status is SagaStatus.COMPENSATED
+    replayed = replay(LINEAR, SagaState("s-1", "linear", LINEAR.version), run.accepted)
+    assert replayed == run.ledger
+
+
+def test_resolving_the_last_failed_compensation_ends_the_saga_compensated() -> None:
+    run = Run(LINEAR)
+    run.start()
+    run.ok("a")
+    assert sent(run.fail("b", retryable=False)) == [("a", "compensation", 1)]
+    run.send(CompensationFailed("a", 1, "gone"))
+    run.send(CompensationFailed("a", 2, "gone for good"))
+    assert run.state.status is SagaStatus.FAILED
+    decision = run.send(CompensationResolved("a", "the remote system is gone", "ops"))
+    assert decision.commands == ()
+    assert run.state.status is SagaStatus.COMPENSATED
+    assert run.state.failed_step == "b"
+
+
+def test_resolving_a_parallel_branch_goes_on_with_what_came_before_the_group() -> None:
+    run = Run(Saga("par", [comp("a"), Parallel("g", [comp("x"), comp("y")])]))
+    run.start()
+    run.ok("a")
+    run.fail("x", retryable=False)  # y is still running: compensation waits for it
+    run.ok("y")
+    assert run.state.status is SagaStatus.COMPENSATING
+    run.send(CompensationFailed("y", 1, "gone"))
+    run.send(CompensationFailed("y", 2, "gone"))
+    assert run.state.status is SagaStatus.FAILED
+    assert sent(run.send(CompensationResolved("y", "undone by hand", "ops"))) == [
+        ("a", "compensation", 1)
+    ]
+
+
+@pytest.mark.parametrize("step", ["a", "c", "nowhere"])
+def test_resolving_a_step_without_a_failed_compensation_is_refused(step: str) -> None:
+    run = _stuck_compensation()
+    before = run.state
+    event = CompensationResolved(step, "by hand", "ops")
+    with pytest.raises(InvalidTransition, match=f"step '{step}' has no failed compensation"):
+        decide(run.saga, before, run.ledger.load(needs(event)), event)
+    assert run.state == before
+
+
 def _states() -> dict[str, Run]:
     runs: dict[str, Run] = {}
     runs["pending"] = Run(LINEAR)
@@ -463,6 +520,19 @@ def _states() -> dict[str, Run]:
     for name, run in runs.items():
         assert run.state.status == name.replace("past_pivot", "running")
     return runs
+
+
+@pytest.mark.parametrize(
+    "status", ["pending", "running", "compensating", "completed", "compensated", "past_pivot"]
+)
+def test_resolve_outside_failed_is_refused(status: str) -> None:
+    run = _states()[status]
+    before = run.state
+    event = CompensationResolved("a", "by hand", "ops")
+    with pytest.raises(InvalidTransition, match="only a failed saga") as raised:
+        decide(run.saga, before, run.ledger.load(needs(event)), event)
+    assert raised.value.operation == "resolve"
+    assert run.state == before
 
 
 @pytest.mark.parametrize(
@@ -826,6 +896,7 @@ class Driver:
     cancels: int = 0
     deadlines: int = 0
     retries: int = 0
+    resolves: int = 0
     redeliveries: int = 0
     accepted: list[Event] = field(default_factory=list)
 
@@ -1016,6 +1087,24 @@ class Driver:
             if command.direction == "action" and command.attempt > 1:
                 self.attempt_base[command.step] = command.attempt - 1
 
+    def resolve(self) -> None:
+        """An operator records the failed compensation as done by hand."""
+        stuck = [
+            s.name for s in self.ledger.steps.values() if s.status is StepStatus.COMPENSATION_FAILED
+        ]
+        names = stuck or sorted(self.ledger.steps) or ["nowhere"]
+        name = self.data.draw(st.sampled_from(names), label="resolve")
+        status = self.state.status
+        self.retries_left -= 1
+        try:
+            self.apply(CompensationResolved(name, "undone by hand", "op"))
+        except InvalidTransition:
+            assert not stuck or status is not SagaStatus.FAILED
+            return
+        assert stuck and status is SagaStatus.FAILED
+        self.compensated.append(name)  # in undo order: it was the one being undone
+        self.resolves += 1
+
     # -- the run --
 
     def run(self) -> None:
@@ -1028,7 +1117,7 @@ class Driver:
             forced = self.deliveries >= FORCE_SUCCESS_AFTER
             failed = self.state.status is SagaStatus.FAILED
             if failed and self.retries_left and self.data.draw(st.booleans(), label="op"):
-                self.retry()
+                [self.retry, self.resolve][self.data.draw(st.integers(0, 1), label="how")]()
                 continue
             if not self.outstanding:
                 break
@@ -1085,7 +1174,7 @@ def test_random_runs_settle_and_compensate_exactly_what_took_effect(
     event(f"ended {driver.state.status}")
     event(f"pivot {'yes' if shape.pivot_stage is not None else 'no'}, committed {driver.committed}")
     event(f"deliveries {min(driver.deliveries // 10 * 10, FORCE_SUCCESS_AFTER)}+")
-    for name in ("cancels", "deadlines", "retries", "redeliveries"):
+    for name in ("cancels", "deadlines", "retries", "resolves", "redeliveries"):
         event(f"{name} accepted: {min(getattr(driver, name), 2)}")
 
 

@@ -25,6 +25,7 @@ from ..deps import SystemDep
 from ..schemas import (
     CancelRequest,
     Problem,
+    ResolveRequest,
     SagaDetail,
     SagaPage,
     SagaSummary,
@@ -149,6 +150,18 @@ def list_sagas(
 def get_saga(saga_id: SagaId, system: SystemDep) -> SagaDetail:
     """A saga: status, steps with their attempts and compensations, transition history."""
     return SagaDetail.model_validate(system.queries.detail(saga_id))
+
+
+@router.post(
+    "/{saga_id}/resolve",
+    response_model=SagaSummary,
+    responses=WITH_BODY,
+)
+def resolve_saga(saga_id: SagaId, system: SystemDep, body: ResolveRequest) -> SagaSummary:
+    """Record a failed compensation as done by hand (who and why go into the history) and
+    go on compensating; the saga ends `compensated` once nothing else is left."""
+    system.engine.resolve(saga_id, body.step, body.reason, body.by)
+    return SagaSummary.model_validate(summary_view(system.queries.get(saga_id)))
 
 
 @router.post(
