@@ -160,6 +160,7 @@ def get_saga(saga_id: SagaId, system: SystemDep) -> SagaDetail:
 def resolve_saga(saga_id: SagaId, system: SystemDep, body: ResolveRequest) -> SagaSummary:
     """Record a failed compensation as done by hand (who and why go into the history) and
     go on compensating; the saga ends `compensated` once nothing else is left."""
+    system.check_broker()  # it goes on compensating: nothing is recorded that cannot be sent
     system.engine.resolve(saga_id, body.step, body.reason, body.by)
     return SagaSummary.model_validate(summary_view(system.queries.get(saga_id)))
 
