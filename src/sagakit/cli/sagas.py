@@ -17,7 +17,6 @@ from typer.core import TyperCommand
 from ..core.errors import InvalidInput, SagaNotFound
 from ..core.inputs import check_saga_id
 from ..core.state import SETTLED_STATUSES, SagaStatus
-from . import render
 
 if TYPE_CHECKING:
     from ..queries import Queries
@@ -103,6 +102,8 @@ def follow(queries: Queries, saga_id: str, timeout: float, live: bool) -> dict[s
     """Show the saga's steps as they change until it settles (bounded by `timeout`)."""
     from rich.live import Live
 
+    from . import render
+
     deadline = time.monotonic() + timeout
     view = queries.detail(saga_id)
     console = render.console(stderr=True)
@@ -149,7 +150,7 @@ class RunCommand(TyperCommand):
             return
         from ..registry import discover
         from ..settings import load_settings
-        from . import fields
+        from . import fields, render
 
         sagas = discover(load_settings().imports)
         console = render.console()
@@ -187,6 +188,8 @@ def register(app: typer.Typer) -> None:
                 raise InvalidInput("--input", f"not valid JSON ({exc})") from None
             if not isinstance(data, dict):
                 raise InvalidInput("--input", "must be a JSON object")
+        from . import render
+
         fields = parse_fields(ctx.args)
         with ExitStack() as stack:
             system = open_system(stack, worker=True)
@@ -249,6 +252,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(views))
         else:
+            from . import render
+
             render.console().print(render.listing(views))
 
     @app.command()
@@ -269,6 +274,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(view, default=str))
         else:
+            from . import render
+
             out = render.console()
             out.print(render.saga(view, width=out.width))
 
@@ -315,6 +322,8 @@ def interruptible(saga_id: str, *, embedded: bool) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
+        from . import render
+
         if embedded:
             signal.signal(signal.SIGINT, _quit_now)
             message = (
