@@ -13,6 +13,7 @@ import pytest
 
 from sagakit.queries import Queries
 from sagakit.store import make_db
+from sagakit.store.db import Pooled
 from tests.support.cluster import ROOT, SAGAKIT, wait_for
 from tests.support.redis_server import RedisServer
 
@@ -32,7 +33,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def reads(env: dict[str, str]) -> Iterator[Queries]:
     db = make_db(env["SAGAKIT_DATABASE_URL"])
-    yield Queries(db)
+    yield Queries(Pooled(db))
     db.dispose()
 
 

@@ -113,13 +113,20 @@ def install(app: FastAPI) -> None:
 
 def driver_errors() -> tuple[type[Exception], ...]:
     """The drivers' exception classes that may say a dependency is unreachable."""
+    import sqlite3
+
     import kombu.exceptions
+    import psycopg
     import redis.exceptions
     import sqlalchemy.exc
 
     return (
         sqlalchemy.exc.OperationalError,
         sqlalchemy.exc.InterfaceError,
+        # The read side and the hot path run on the drivers' own connections.
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
+        sqlite3.OperationalError,
         redis.exceptions.ConnectionError,
         redis.exceptions.TimeoutError,
         kombu.exceptions.OperationalError,

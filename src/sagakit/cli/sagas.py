@@ -54,26 +54,33 @@ def check_broker(system: System, timeout: float = 5.0) -> None:
 
 
 def open_reads(stack: ExitStack) -> Queries:
-    """The read side alone: no saga definitions, no Celery app, no migration."""
+    """The read side alone: no saga definitions, no Celery app, no migration.
+
+    It reads on a connection of the driver's own, without SQLAlchemy, unless the URL needs
+    SQLAlchemy to be understood (another driver, SQLite URI options).
+    """
     from ..queries import Queries
     from ..settings import load_settings
-    from ..store import make_db
+    from ..store.dbapi import Direct
 
-    db = make_db(load_settings().database_url)
+    url = load_settings().database_url
+    if Direct.supports(url):
+        direct = Direct(url)
+        stack.callback(direct.close)
+        return Queries(direct)
+    from ..store import make_db
+    from ..store.db import Pooled
+
+    db = make_db(url)
     stack.callback(db.dispose)
-    return Queries(db)
+    return Queries(Pooled(db))
 
 
 def never_migrated(queries: Queries, error: Exception) -> bool:
     """Whether `error` only says the saga log has no tables yet (nothing ever ran here)."""
-    import sqlalchemy as sa
-
     from ..outages import unreachable
-    from ..store import schema
 
-    if not isinstance(error, sa.exc.DBAPIError) or unreachable(error) is not None:
-        return False
-    return not sa.inspect(queries.db).has_table(schema.sagas.name)
+    return unreachable(error) is None and queries.missing_log(error)
 
 
 def checked_id(saga_id: str) -> str:
