@@ -56,14 +56,15 @@ def check_broker(system: System, timeout: float = 5.0) -> None:
 def open_reads(stack: ExitStack) -> Queries:
     """The read side alone: no saga definitions, no Celery app, no migration.
 
-    It reads on a connection of the driver's own, without SQLAlchemy, unless the URL needs
-    SQLAlchemy to be understood (another driver, SQLite URI options).
+    It needs only the saga log's URL, and reads on a connection of the driver's own: neither
+    pydantic-settings nor SQLAlchemy is imported, unless the URL needs SQLAlchemy to be
+    understood (another driver, SQLite URI options).
     """
+    from ..environ import database_url
     from ..queries import Queries
-    from ..settings import load_settings
     from ..store.dbapi import Direct
 
-    url = load_settings().database_url
+    url = database_url()
     if Direct.supports(url):
         direct = Direct(url)
         stack.callback(direct.close)
