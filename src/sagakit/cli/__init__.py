@@ -108,9 +108,8 @@ def main() -> None:
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except Exception as exc:
-        outage = unreachable(exc, _settings())
-        if outage is not None:
-            raise _error(str(outage), EXIT_UNREACHABLE) from None
+        if unreachable(exc) is not None:  # the settings only name what is unreachable
+            raise _error(str(unreachable(exc, _settings())), EXIT_UNREACHABLE) from None
         if isinstance(exc, SagaError):
             raise _error(str(exc), 2) from None
         problem = _settings_problem(exc)
