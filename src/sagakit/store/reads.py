@@ -124,9 +124,9 @@ HISTORY_READ = (
     "started_at",
 )
 
-_JSON = frozenset({"input", "sources", "item", "output", "detail", "running", "reserved"})
+JSON_COLUMNS = frozenset({"input", "sources", "item", "output", "detail", "running", "reserved"})
 """Columns of the schema's JSON type (text on SQLite)."""
-_TIMES = frozenset(
+TIME_COLUMNS = frozenset(
     {"created_at", "updated_at", "finished_at", "deadline_at", "at", "started_at", "beat_at"}
 ).union({"not_before", "sent_at"})
 """Columns of the schema's `UTCDateTime` type (naive UTC text on SQLite)."""
@@ -158,10 +158,10 @@ def _bound(db: Connections, params: Mapping[str, Any]) -> dict[str, Any]:
 
 def _decoded(db: Connections, row: dict[str, Any]) -> dict[str, Any]:
     """JSON columns as values (SQLite holds text) and times as UTC datetimes."""
-    for name in _JSON.intersection(row):
+    for name in JSON_COLUMNS.intersection(row):
         if isinstance(row[name], str) and not db.postgres:
             row[name] = json.loads(row[name])
-    for name in _TIMES.intersection(row):
+    for name in TIME_COLUMNS.intersection(row):
         value = row[name]
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
