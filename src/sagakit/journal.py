@@ -51,6 +51,15 @@ OUTCOME_EVENTS = frozenset(
     {"step_completed", "step_failed", "step_timed_out", "step_compensated", "compensation_failed"}
 )
 """Entries that close one attempt; they carry its start time, worker and task id."""
+OUTCOME_LABELS: dict[str, tuple[str, str]] = {
+    "step_completed": ("action", "succeeded"),
+    "step_failed": ("action", "failed"),
+    "step_timed_out": ("action", "timed_out"),
+    "step_compensated": ("compensation", "succeeded"),
+    "compensation_failed": ("compensation", "failed"),
+}
+"""(direction, outcome) of the attempt each of those entries closes."""
+assert set(OUTCOME_LABELS) == OUTCOME_EVENTS
 
 
 @dataclass(frozen=True, slots=True)

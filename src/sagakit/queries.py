@@ -13,19 +13,19 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
-from .core.definition import Saga
 from .core.errors import InvalidInput
 from .core.inputs import check_saga_id
-from .core.ledger import Ledger, replay
 from .core.state import SagaState
-from .journal import OUTCOME_EVENTS, event_of
-from .store import reads, recovery
+from .journal import OUTCOME_EVENTS, OUTCOME_LABELS, event_of
+from .store import reads
+from .store.dbapi import Connections
 from .store.reads import Cursor, HistoryRecord, SagaRecord, StepRecord
-from .store.stats import OUTCOME_LABELS
+
+if TYPE_CHECKING:
+    from .core.definition import Saga
+    from .core.ledger import Ledger
 
 _EPOCH = datetime(1970, 1, 1).astimezone()
 
@@ -230,9 +230,13 @@ def saga_view(
 
 
 class Queries:
-    """Reads of the saga log for every entry point."""
+    """Reads of the saga log for every entry point.
 
-    def __init__(self, db: sa.Engine) -> None:
+    `db` gives the connections: an engine's pool (`store.db.Pooled`) in a long-lived
+    process, `store.dbapi.Direct` in a command that only reads.
+    """
+
+    def __init__(self, db: Connections) -> None:
         self.db = db
 
     def get(self, saga_id: str) -> SagaRecord:
@@ -264,10 +268,8 @@ class Queries:
     def _running(self) -> dict[str, tuple[str, datetime]]:
         """Task ids the live workers say they run: (worker, since when)."""
         return {
-            h.task_id: (worker.name, datetime.fromtimestamp(h.started, UTC))
-            for worker in recovery.workers(self.db)
-            for h in worker.held
-            if h.started is not None
+            task_id: (worker, datetime.fromtimestamp(started, UTC))
+            for worker, task_id, started in reads.running(self.db)
         }
 
     def page(
@@ -314,11 +316,15 @@ class Queries:
 
     def stored(self, saga_id: str) -> Ledger:
         """The saga's state as the log holds it: its head and every step instance."""
+        from .core.ledger import Ledger
+
         record = self.get(saga_id)
         return Ledger(record.state, {s.state.name: s.state for s in self.steps(saga_id)})
 
     def replay(self, saga: Saga, saga_id: str) -> Ledger:
         """Fold the saga's history back through the state machine (it must equal `stored`)."""
+        from .core.ledger import replay
+
         record = self.get(saga_id)
         outputs = {s.state.name: s.output for s in self.steps(saga_id)}
         events = [
@@ -342,3 +348,8 @@ class Queries:
     def ping(self) -> None:
         """Raise if the saga log cannot be reached."""
         reads.ping(self.db)
+
+    def missing_log(self, error: BaseException) -> bool:
+        """Whether `error`, raised by a read, only says the log has no tables yet (nothing
+        ever ran on this database)."""
+        return reads.missing_log(self.db, error)

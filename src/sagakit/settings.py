@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import quote
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .environ import DEFAULT_DATABASE_URL, database_url
 
 EMBEDDED_BROKER = "memory://localhost/"
 
@@ -28,7 +29,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SAGAKIT_", extra="ignore", frozen=True)
 
-    database_url: str = "sqlite:///sagakit.db"
+    database_url: str = DEFAULT_DATABASE_URL
     """Saga log. SQLite file in the working directory by default; PostgreSQL for real."""
     broker_url: str = EMBEDDED_BROKER
     """Celery broker. The default is an in-process broker with an embedded worker."""
@@ -113,14 +114,5 @@ def load_settings(**overrides: object) -> Settings:
     env = os.environ
     if "SAGAKIT_BROKER_URL" not in env and env.get("CELERY_BROKER_URL"):
         overrides.setdefault("broker_url", env["CELERY_BROKER_URL"])
-    if "SAGAKIT_DATABASE_URL" not in env and env.get("POSTGRES_HOST"):
-        user = quote(env.get("POSTGRES_USER", "postgres"), safe="")
-        password = quote(env.get("POSTGRES_PASSWORD", ""), safe="")
-        auth = f"{user}:{password}" if password else user
-        port = env.get("POSTGRES_PORT", "5432")
-        database = env.get("POSTGRES_DB", user)
-        overrides.setdefault(
-            "database_url",
-            f"postgresql+psycopg://{auth}@{env['POSTGRES_HOST']}:{port}/{quote(database)}",
-        )
+    overrides.setdefault("database_url", database_url(env))
     return Settings(**overrides)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from .runtime.probe import BrokerProbe
 from .runtime.worker import EmbeddedWorker, holdings
 from .settings import Settings, load_settings
 from .store import SqlLog, make_db, upgrade_database
+from .store.db import Pooled
 from .store.prune import parse_age
 from .streams.publisher import RedisStreamPublisher
 from .sweeper import Identity, Sweeper
@@ -117,7 +118,7 @@ class System:
             events=events,
             timeout_grace=settings.timeout_grace,
         )
-        return _Process(os.getpid(), db, engine, Queries(db))
+        return _Process(os.getpid(), db, engine, Queries(Pooled(db)))
 
     def sweeper(self, name: str | None = None, *, born: datetime | None = None) -> Sweeper:
         """A sweeper for this process; with `name`, it beats as that worker."""

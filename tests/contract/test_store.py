@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from sagakit import InvalidInput, SagaNotFound
 from sagakit.idempotency import idempotency_keys
-from sagakit.store import recovery, stats, upgrade
+from sagakit.queries import Queries
+from sagakit.store import make_db, reads, recovery, schema, stats, upgrade
+from sagakit.store.db import Pooled
+from sagakit.store.dbapi import Direct
 from sagakit.store.recovery import Beat, Held
 from sagakit.store.schema import metadata
 from tests.support.rig import Rig
@@ -71,6 +76,60 @@ def test_detail_tells_each_attempt_from_the_history(rig: Rig) -> None:
     view = rig.queries.detail(saga_id)
     assert view["steps"][0]["attempts"][1]["output"] == {"ok": True}
     assert view["input"] == {"n": 1}
+
+
+def test_a_connection_of_the_drivers_own_reads_what_the_pool_reads(rig: Rig, db_url: str) -> None:
+    ids = [rig.engine.start("two", {"n": i}, idempotency_key=f"k{i}").saga_id for i in range(3)]
+    rig.fail(rig.last(), "flaky")
+    rig.running(rig.last())
+    rig.sweeper.beat()
+    direct = Direct(db_url)
+    try:
+        own = Queries(direct)
+        first, cursor = rig.queries.page(limit=2)
+        assert own.page(limit=2) == (first, cursor)
+        assert own.page(limit=2, cursor=cursor) == rig.queries.page(limit=2, cursor=cursor)
+        assert own.page(search="k1") == rig.queries.page(search="k1")
+        for saga_id in ids:
+            assert own.detail(saga_id) == rig.queries.detail(saga_id)
+        assert own.statuses([*ids, "nope"]) == rig.queries.statuses([*ids, "nope"])
+    finally:
+        direct.close()
+
+
+def test_a_log_never_migrated_is_told_from_other_errors(fresh_db_url: Callable[[], str]) -> None:
+    url = fresh_db_url()
+    db = make_db(url)
+    direct = Direct(url)
+    try:
+        for queries in (Queries(direct), Queries(Pooled(db))):
+            with pytest.raises(Exception, match="sagakit_sagas") as raised:
+                queries.page()
+            assert queries.missing_log(raised.value)
+            assert not queries.missing_log(ValueError("not the database's"))
+        upgrade(db)
+        assert not Queries(direct).missing_log(raised.value)
+    finally:
+        direct.close()
+        db.dispose()
+
+
+@pytest.mark.parametrize(
+    ("table", "columns"),
+    [
+        (schema.sagas, (*reads.LISTED, "input")),
+        (schema.steps, reads.STEP_READ),
+        (schema.transitions, reads.HISTORY_READ),
+        (schema.workers, ("name", "running")),
+    ],
+)
+def test_the_reads_decode_each_column_as_the_schema_types_it(
+    table: sa.Table, columns: tuple[str, ...]
+) -> None:
+    for name in columns:
+        column_type = table.c[name].type
+        assert (name in reads.JSON_COLUMNS) == isinstance(column_type, sa.JSON), name
+        assert (name in reads.TIME_COLUMNS) == isinstance(column_type, schema.UTCDateTime), name
 
 
 def test_a_silent_worker_is_taken_once(rig: Rig) -> None:

@@ -10,6 +10,7 @@ from sagakit import Engine, Parallel, RetryPolicy, Saga, Step
 from sagakit.messages import OutboxMessage, unseal
 from sagakit.queries import Queries
 from sagakit.store import SqlLog, make_db, upgrade
+from sagakit.store.db import Pooled
 from sagakit.store.log import Snapshot
 from sagakit.store.recovery import Held
 from sagakit.sweeper import Identity, Sweeper
@@ -77,7 +78,7 @@ class Rig:
             clock=self.clock,
             timeout_grace=1.0,
         )
-        self.queries = Queries(self.db)
+        self.queries = Queries(Pooled(self.db))
         self.held: list[Held] = []
         self.sweeper = self.sweeper_for("w1@test", pid=100)
 

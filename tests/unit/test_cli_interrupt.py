@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from sagakit.queries import Queries
 from sagakit.store import make_db
+from sagakit.store.db import Pooled
 from tests.support.cluster import ROOT, SAGAKIT, wait_for
 from tests.support.redis_server import RedisServer
 
@@ -32,7 +34,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def reads(env: dict[str, str]) -> Iterator[Queries]:
     db = make_db(env["SAGAKIT_DATABASE_URL"])
-    yield Queries(db)
+    yield Queries(Pooled(db))
     db.dispose()
 
 
@@ -132,6 +134,10 @@ def test_ctrl_c_while_following_a_saga_on_workers_says_it_keeps_running(
     try:
         run = start({**env, "SAGAKIT_BROKER_URL": broker.url}, "run", "linear", "--wait")
         saga_id = wait_for(lambda: _newest(reads), 60, "the saga to start")
+        # Its first message sent: `run` is following it, past the start's commit and send.
+        queued = redis.Redis.from_url(broker.url)
+        wait_for(lambda: queued.llen("work"), 30, "the first step's message")
+        queued.close()
         run.send_signal(signal.SIGINT)
         _, err = run.communicate(timeout=30)
     finally:

@@ -5,6 +5,9 @@ only what it imports: the SLAM package is seen by its steps module.
 
 `--help` and `list` must not pay for Celery or the modules named by SAGAKIT_IMPORTS, and
 `--help` still lists the commands those modules add, from a cache that follows their files.
+`list` and `show` read the log on the driver's own connection: no SQLAlchemy, and no
+pydantic-settings (pydantic itself comes with typer, which checks options with it). How
+long these take is measured by scripts/cli-startup, by hand: timings are not tests.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.support.cluster import ROOT, SAGAKIT
+from tests.support.rig import Rig
 
 
 @pytest.fixture
@@ -51,10 +56,14 @@ def call(
 
 
 HEAVY = ("celery", "kombu", "sqlalchemy", "alembic", "fastapi", "numpy", "sagakit_examples")
+READS = (*HEAVY, "pydantic_settings", "sagakit.settings", "sagakit.system", "sagakit.engine")
+"""Nor do the commands that only read need the settings' model or the engine."""
+HELP = (*READS, "pydantic", "sqlite3", "psycopg", "sagakit.queries", "sagakit.store")
+"""`--help` reads nothing."""
 
 
-def heavy(modules: set[str]) -> set[str]:
-    return {m for m in modules if m.split(".")[0] in HEAVY}
+def heavy(modules: set[str], names: tuple[str, ...] = HEAVY) -> set[str]:
+    return {m for m in modules if m in names or m.startswith(tuple(f"{n}." for n in names))}
 
 
 def test_help_lists_the_added_commands_without_importing_them_once_remembered(
@@ -69,14 +78,50 @@ def test_help_lists_the_added_commands_without_importing_them_once_remembered(
     again, modules = call(env, "--help")
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout == first.stdout
-    assert heavy(modules) == set()
+    assert heavy(modules, HELP) == set()
 
 
-def test_list_reads_the_log_without_celery_or_the_saga_modules(env: dict[str, str]) -> None:
+def test_list_reads_a_log_never_migrated_without_sqlalchemy_or_the_settings_model(
+    env: dict[str, str],
+) -> None:
     done, modules = call(env, "list", "--json")
     assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr[-2000:]
-    assert "sqlalchemy" in modules
-    assert heavy(modules) - {m for m in modules if m.startswith(("sqlalchemy", "alembic"))} == set()
+    assert "sqlite3" in modules
+    assert heavy(modules, (*READS, "psycopg")) == set()
+
+    missing, modules = call(env, "show", "0123456789abcdef")
+    assert missing.returncode == 2, missing.stderr[-2000:]
+    assert "no saga with id '0123456789abcdef'" in missing.stderr
+    assert heavy(modules, (*READS, "psycopg")) == set()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def log_url(request: pytest.FixtureRequest, tmp_path: Path, pg_databases: Callable[[], str]) -> str:
+    if request.param == "postgres":
+        return pg_databases()
+    return f"sqlite:///{tmp_path}/startup.db"
+
+
+def test_list_and_show_render_a_saga_without_sqlalchemy_or_the_settings_model(
+    env: dict[str, str], log_url: str
+) -> None:
+    rig = Rig(log_url)
+    saga_id = rig.engine.start("two", {"n": 1}).saga_id
+    rig.engine.log.db.dispose()
+    rig.db.dispose()
+    env = {**env, "SAGAKIT_DATABASE_URL": log_url}
+    driver = "psycopg" if log_url.startswith("postgresql") else "sqlite3"
+
+    listed, modules = call(env, "list")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert saga_id in listed.stdout
+    assert driver in modules
+    assert heavy(modules, READS) == set()
+
+    shown, modules = call(env, "show", saga_id)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert f"saga {saga_id}" in shown.stdout
+    assert heavy(modules, READS) == set()
 
 
 def test_a_named_added_command_runs_its_hooks(env: dict[str, str]) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from sagakit.settings import load_settings
+from sagakit.environ import database_url
+from sagakit.settings import Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -52,3 +53,23 @@ def test_a_dotenv_file_in_the_working_directory_is_not_read(
     monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
     (tmp_path / ".env").write_text("SAGAKIT_API_TOKEN=change-me\n")  # type: ignore[operator]
     assert load_settings().api_token is None
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"SAGAKIT_DATABASE_URL": "postgresql://mine/sagas"},
+        {"sagakit_database_url": "postgresql://lower/sagas"},
+        {"POSTGRES_HOST": "db", "POSTGRES_PASSWORD": "p@ss", "POSTGRES_PORT": "6543"},
+        {"POSTGRES_HOST": "db", "SAGAKIT_DATABASE_URL": "sqlite:///mine.db"},
+    ],
+)
+def test_the_commands_that_only_read_find_the_log_where_the_settings_say(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert database_url() == load_settings().database_url
+    if "POSTGRES_HOST" not in env:  # pydantic-settings alone: the seed's names are not its
+        assert database_url() == Settings().database_url

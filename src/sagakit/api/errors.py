@@ -137,6 +137,8 @@ def _unreadable(exc: HTTPException) -> str | None:
 
 def driver_errors() -> tuple[type[Exception], ...]:
     """The drivers' exception classes that may say a dependency is unreachable."""
+    import sqlite3
+
     import kombu.exceptions
     import psycopg
     import redis.exceptions
@@ -145,10 +147,11 @@ def driver_errors() -> tuple[type[Exception], ...]:
     return (
         sqlalchemy.exc.OperationalError,
         sqlalchemy.exc.InterfaceError,
-        # The hot path's statements run on psycopg's own connections (store/log.py), whose
-        # errors SQLAlchemy does not wrap.
+        # The read side and the hot path run on the drivers' own connections, whose errors
+        # SQLAlchemy does not wrap.
         psycopg.OperationalError,
         psycopg.InterfaceError,
+        sqlite3.OperationalError,
         redis.exceptions.ConnectionError,
         redis.exceptions.TimeoutError,
         kombu.exceptions.OperationalError,

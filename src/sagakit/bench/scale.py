@@ -25,6 +25,7 @@ from prometheus_client import generate_latest
 from ..queries import Queries, encode_cursor
 from ..settings import Settings
 from ..store import make_db, recovery, stats, upgrade
+from ..store.db import Pooled
 from .compare import BenchError
 
 REPEAT = 40
@@ -79,7 +80,7 @@ def _measure(db: sa.Engine, sagas: int, progress: Callable[[str], None]) -> dict
     folds = 0
     while stats.fold(db, now) and folds < 10_000:
         folds += 1
-    queries = Queries(db)
+    queries = Queries(Pooled(db))
     with db.connect() as conn:
         ids = list(conn.execute(sa.text("SELECT saga_id FROM sagakit_sagas")).scalars())
         middle = conn.execute(

@@ -14,7 +14,6 @@ from typing import Any
 import typer
 
 from ..core.errors import SagaError
-from ..outages import EXIT_UNREACHABLE, unreachable
 
 EXIT_STATUS = (
     "Exit status: 0 done; 1 the saga did not complete (run --wait) or the worker did not "
@@ -108,9 +107,10 @@ def main() -> None:
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except Exception as exc:
-        outage = unreachable(exc, _settings())
-        if outage is not None:
-            raise _error(str(outage), EXIT_UNREACHABLE) from None
+        from ..outages import EXIT_UNREACHABLE, unreachable
+
+        if unreachable(exc) is not None:  # the settings only name what is unreachable
+            raise _error(str(unreachable(exc, _settings())), EXIT_UNREACHABLE) from None
         if isinstance(exc, SagaError):
             raise _error(str(exc), 2) from None
         problem = _settings_problem(exc)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from contextlib import ExitStack
 from typing import Annotated, Any
@@ -19,8 +18,6 @@ from typing import Annotated, Any
 import typer
 
 from ..core.errors import InvalidInput
-from . import render
-from .sagas import open_system
 
 MAX_STEPS = 8
 
@@ -79,6 +76,7 @@ def register(app: typer.Typer) -> None:
         if steps > MAX_STEPS:
             raise InvalidInput("--steps", f"at most {MAX_STEPS}")
         from ..logs import configure_logging
+        from . import render
 
         configure_logging("WARNING")
         progress = (lambda _: None) if as_json else (lambda s: render.console(stderr=True).print(s))
@@ -135,6 +133,8 @@ def register(app: typer.Typer) -> None:
 
 def _burst(sagas: int, steps: int, timeout: float) -> dict[str, Any]:
     """Start N sagas at once, wait for all; latency percentiles and sagas/s."""
+    from .sagas import open_system
+
     with ExitStack() as stack:
         system = open_system(stack, worker=True, imports=["sagakit.bench.sagas"])
         engine, queries = system.engine, system.queries
@@ -166,7 +166,7 @@ def _burst(sagas: int, steps: int, timeout: float) -> dict[str, Any]:
     }
     if latencies:
         result.update({f"p{q}_ms": round(percentile(latencies, q) * 1000, 1) for q in (50, 90, 99)})
-        result["mean_ms"] = round(statistics.fmean(latencies) * 1000, 1)
+        result["mean_ms"] = round(sum(latencies) / len(latencies) * 1000, 1)
     return result
 
 

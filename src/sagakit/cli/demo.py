@@ -12,8 +12,6 @@ from typing import Annotated, Any
 import typer
 
 from ..core.errors import SagaError
-from . import render
-from .sagas import open_system
 
 MISSIONS: list[tuple[str, dict[str, Any], str]] = [
     ("a mission that completes", {}, "completed"),
@@ -35,6 +33,8 @@ def register(app: typer.Typer) -> None:
         from rich.rule import Rule
 
         from ..logs import configure_logging
+        from . import render
+        from .sagas import open_system
 
         configure_logging("WARNING")
         # Injected failures are expected here: keep Celery's tracebacks out of the demo.

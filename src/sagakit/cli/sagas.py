@@ -17,7 +17,6 @@ from typer.core import TyperCommand
 from ..core.errors import InvalidInput, SagaNotFound
 from ..core.inputs import check_saga_id
 from ..core.state import SETTLED_STATUSES, SagaStatus
-from . import render
 
 if TYPE_CHECKING:
     from ..queries import Queries
@@ -55,26 +54,34 @@ def check_broker(system: System, timeout: float = 5.0) -> None:
 
 
 def open_reads(stack: ExitStack) -> Queries:
-    """The read side alone: no saga definitions, no Celery app, no migration."""
-    from ..queries import Queries
-    from ..settings import load_settings
-    from ..store import make_db
+    """The read side alone: no saga definitions, no Celery app, no migration.
 
-    db = make_db(load_settings().database_url)
+    It needs only the saga log's URL, and reads on a connection of the driver's own: neither
+    pydantic-settings nor SQLAlchemy is imported, unless the URL needs SQLAlchemy to be
+    understood (another driver, SQLite URI options).
+    """
+    from ..environ import database_url
+    from ..queries import Queries
+    from ..store.dbapi import Direct
+
+    url = database_url()
+    if Direct.supports(url):
+        direct = Direct(url)
+        stack.callback(direct.close)
+        return Queries(direct)
+    from ..store import make_db
+    from ..store.db import Pooled
+
+    db = make_db(url)
     stack.callback(db.dispose)
-    return Queries(db)
+    return Queries(Pooled(db))
 
 
 def never_migrated(queries: Queries, error: Exception) -> bool:
     """Whether `error` only says the saga log has no tables yet (nothing ever ran here)."""
-    import sqlalchemy as sa
-
     from ..outages import unreachable
-    from ..store import schema
 
-    if not isinstance(error, sa.exc.DBAPIError) or unreachable(error) is not None:
-        return False
-    return not sa.inspect(queries.db).has_table(schema.sagas.name)
+    return unreachable(error) is None and queries.missing_log(error)
 
 
 def checked_id(saga_id: str) -> str:
@@ -102,6 +109,8 @@ def parse_fields(args: list[str]) -> dict[str, str]:
 def follow(queries: Queries, saga_id: str, timeout: float, live: bool) -> dict[str, Any]:
     """Show the saga's steps as they change until it settles (bounded by `timeout`)."""
     from rich.live import Live
+
+    from . import render
 
     deadline = time.monotonic() + timeout
     view = queries.detail(saga_id)
@@ -149,7 +158,7 @@ class RunCommand(TyperCommand):
             return
         from ..registry import discover
         from ..settings import load_settings
-        from . import fields
+        from . import fields, render
 
         sagas = discover(load_settings().imports)
         console = render.console()
@@ -187,6 +196,8 @@ def register(app: typer.Typer) -> None:
                 raise InvalidInput("--input", f"not valid JSON ({exc})") from None
             if not isinstance(data, dict):
                 raise InvalidInput("--input", "must be a JSON object")
+        from . import render
+
         fields = parse_fields(ctx.args)
         with ExitStack() as stack:
             system = open_system(stack, worker=True)
@@ -249,6 +260,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(views))
         else:
+            from . import render
+
             render.console().print(render.listing(views))
 
     @app.command()
@@ -269,6 +282,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(view, default=str))
         else:
+            from . import render
+
             out = render.console()
             out.print(render.saga(view, width=out.width))
 
@@ -340,6 +355,8 @@ def interruptible(saga_id: str, *, embedded: bool) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
+        from . import render
+
         if embedded:
             signal.signal(signal.SIGINT, _quit_now)
             message = (

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -220,6 +219,8 @@ def _stored_secret(path: Path) -> str:
         if secret:
             return secret
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    import secrets
+
     secret = secrets.token_urlsafe(18)
     with os.fdopen(fd, "w") as out:
         out.write(secret + "\n")

@@ -2,20 +2,29 @@
 
 from typing import TYPE_CHECKING, Any
 
-from .db import make_db, normalise_url
-from .log import SqlLog
 from .reads import HistoryRecord, SagaRecord, StepRecord
 
 if TYPE_CHECKING:
+    from .db import make_db, normalise_url
+    from .log import SqlLog
     from .migrate import upgrade, upgrade_database
+
+_LAZY = {
+    "make_db": "db",
+    "normalise_url": "db",
+    "SqlLog": "log",
+    "upgrade": "migrate",
+    "upgrade_database": "migrate",
+}
+"""Names imported on first use: SQLAlchemy loads only for what writes (or migrates, with
+Alembic and Mako), not for the read side (`reads`), which runs on DB-API connections."""
 
 
 def __getattr__(name: str) -> Any:
-    # Alembic (and Mako) load only for a command that migrates, not for every read.
-    if name in ("upgrade", "upgrade_database"):
-        from . import migrate
+    if name in _LAZY:
+        import importlib
 
-        return getattr(migrate, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

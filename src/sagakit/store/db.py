@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
 
-CONNECT_TIMEOUT = 5
-"""Seconds to wait for a PostgreSQL server to accept a connection."""
+from .dbapi import CONNECT_TIMEOUT, SQLITE_TIMEOUT, normalise_url
 
-
-def normalise_url(url: str) -> str:
-    """Use psycopg 3 for PostgreSQL URLs given without a driver."""
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
+__all__ = ["CONNECT_TIMEOUT", "Pooled", "make_db", "normalise_url"]
 
 
 def make_db(url: str, *, pool_size: int = 5, autocommit: bool = False) -> sa.Engine:
@@ -30,7 +25,7 @@ def make_db(url: str, *, pool_size: int = 5, autocommit: bool = False) -> sa.Eng
         options["isolation_level"] = "AUTOCOMMIT"
     if url.startswith("sqlite"):
         db = sa.create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, **options
+            url, connect_args={"timeout": SQLITE_TIMEOUT, "check_same_thread": False}, **options
         )
         sa.event.listen(db, "connect", _sqlite_on_connect)
         sa.event.listen(db, "begin", _sqlite_on_begin)
@@ -40,6 +35,33 @@ def make_db(url: str, *, pool_size: int = 5, autocommit: bool = False) -> sa.Eng
     if url.startswith("postgresql"):
         options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     return sa.create_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=1800, **options)
+
+
+class Pooled:
+    """The read side's connections (`store.dbapi.Connections`) from an engine's pool."""
+
+    def __init__(self, db: sa.Engine) -> None:
+        self.db = db
+        self.postgres = db.dialect.name == "postgresql"
+        self._driver_error: Any = db.dialect.loaded_dbapi.Error
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        """A pooled connection's driver connection, back to the pool (rolled back) after.
+
+        A connection the error shows lost is dropped, with every idle one in the pool, as
+        SQLAlchemy's own connections do: they were opened before the server went away.
+        """
+        pooled = self.db.raw_connection()
+        try:
+            yield pooled.driver_connection
+        except self._driver_error as exc:
+            if self.db.dialect.is_disconnect(exc, pooled.dbapi_connection, None):
+                pooled.invalidate(exc)
+                self.db.dispose()
+            raise
+        finally:
+            pooled.close()
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -2,21 +2,27 @@
 
 Lists page by keyset (``created_at, saga_id`` below the cursor), so the millionth saga is
 as quick to reach as the first; each filter has an index that serves it in that order.
+
+The statements are plain SQL run on a driver's connection (`dbapi.Connections`), with
+the values decoded here as the schema's column types would (`schema.UTCDateTime`, JSON):
+a command that only reads (`sagakit list`, `sagakit show`) needs neither SQLAlchemy nor
+the schema, and every entry point reads through these same statements.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import re
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
-
-from ..core.codec import head_from, step_from
+from ..core.codec import HEAD_COLUMNS, STEP_COLUMNS, head_from, step_from
 from ..core.errors import SagaNotFound
 from ..core.state import SagaState, StepState
-from . import schema as t
+from .dbapi import Connections
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +96,84 @@ class Cursor:
     saga_id: str
 
 
-_LISTED = [c for c in t.sagas.c if c.name != "input"]
+LISTED = (
+    "saga_id",
+    "saga_type",
+    "definition_version",
+    *HEAD_COLUMNS,
+    "idempotency_key",
+    "created_at",
+    "updated_at",
+    "finished_at",
+    "deadline_at",
+)
+"""A saga row's columns but its input (which only `get` reads)."""
+MESSAGE_READ = ("task_id", "task_name", "queue", "not_before", "sent_at", "send_count")
+STEP_READ = (*STEP_COLUMNS, "output", *MESSAGE_READ)
+"""A step row's columns: the instance's state, its output and its current message."""
+HISTORY_READ = (
+    "id",
+    "saga_id",
+    "event",
+    "from_status",
+    "to_status",
+    "step",
+    "attempt",
+    "detail",
+    "at",
+    "started_at",
+)
+
+JSON_COLUMNS = frozenset({"input", "sources", "item", "output", "detail", "running", "reserved"})
+"""Columns of the schema's JSON type (text on SQLite)."""
+TIME_COLUMNS = frozenset(
+    {"created_at", "updated_at", "finished_at", "deadline_at", "at", "started_at", "beat_at"}
+).union({"not_before", "sent_at"})
+"""Columns of the schema's `UTCDateTime` type (naive UTC text on SQLite)."""
 
 
-def _record(row: Any, with_input: bool) -> SagaRecord:
-    values = row._mapping
+def _sql(db: Connections, text: str) -> str:
+    """`text` with its ``:name`` parameters in the driver's style."""
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", text) if db.postgres else text
+
+
+def _rows(
+    db: Connections, text: str, params: Mapping[str, Any], columns: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Run one statement; its rows by column, decoded."""
+    with db.connect() as conn:
+        rows = conn.execute(_sql(db, text), _bound(db, params)).fetchall()
+    return [_decoded(db, dict(zip(columns, row, strict=True))) for row in rows]
+
+
+def _bound(db: Connections, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Datetimes as the log stores them: on SQLite, UTC text (as `schema.UTCDateTime`)."""
+    if db.postgres:
+        return dict(params)
+    return {
+        k: v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(v, datetime) else v
+        for k, v in params.items()
+    }
+
+
+def _decoded(db: Connections, row: dict[str, Any]) -> dict[str, Any]:
+    """JSON columns as values (SQLite holds text) and times as UTC datetimes."""
+    for name in JSON_COLUMNS.intersection(row):
+        if isinstance(row[name], str) and not db.postgres:
+            row[name] = json.loads(row[name])
+    for name in TIME_COLUMNS.intersection(row):
+        value = row[name]
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value is not None:
+            row[name] = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return row
+
+
+def _record(values: Mapping[str, Any]) -> SagaRecord:
     return SagaRecord(
         state=head_from(values),
-        input=values["input"] if with_input else None,
+        input=values.get("input"),
         idempotency_key=values["idempotency_key"],
         created_at=values["created_at"],
         updated_at=values["updated_at"],
@@ -106,63 +182,58 @@ def _record(row: Any, with_input: bool) -> SagaRecord:
     )
 
 
-def get(db: sa.Engine, saga_id: str) -> SagaRecord:
+def get(db: Connections, saga_id: str) -> SagaRecord:
     """One saga. Raises SagaNotFound."""
-    with db.connect() as conn:
-        row = conn.execute(sa.select(t.sagas).where(t.sagas.c.saga_id == saga_id)).first()
-    if row is None:
+    columns = (*LISTED, "input")
+    rows = _rows(
+        db,
+        f"SELECT {', '.join(columns)} FROM sagakit_sagas WHERE saga_id = :saga_id",
+        {"saga_id": saga_id},
+        columns,
+    )
+    if not rows:
         raise SagaNotFound(saga_id)
-    return _record(row, with_input=True)
+    return _record(rows[0])
 
 
-def steps(db: sa.Engine, saga_id: str) -> list[StepRecord]:
+def steps(db: Connections, saga_id: str) -> list[StepRecord]:
     """The saga's step instances, in the order they were reached."""
-    st = t.steps.c
-    with db.connect() as conn:
-        rows = conn.execute(
-            sa.select(t.steps).where(st.saga_id == saga_id).order_by(st.stage, st.name)
-        ).all()
+    rows = _rows(
+        db,
+        f"SELECT {', '.join(STEP_READ)} FROM sagakit_steps WHERE saga_id = :saga_id "
+        "ORDER BY stage, name",
+        {"saga_id": saga_id},
+        STEP_READ,
+    )
     return [
         StepRecord(
-            step_from(dict(r._mapping)),
-            r.output,
-            r.task_id,
-            r.task_name,
-            r.queue,
-            r.not_before,
-            r.sent_at,
-            r.send_count,
+            step_from(r),
+            r["output"],
+            r["task_id"],
+            r["task_name"],
+            r["queue"],
+            r["not_before"],
+            r["sent_at"],
+            r["send_count"],
         )
-        for r in sorted(rows, key=lambda r: (r.stage, r.step, r.idx or 0))
+        for r in sorted(rows, key=lambda r: (r["stage"], r["step"], r["idx"] or 0))
     ]
 
 
-def history(db: sa.Engine, saga_id: str, *, after: int = 0) -> list[HistoryRecord]:
+def history(db: Connections, saga_id: str, *, after: int = 0) -> list[HistoryRecord]:
     """The saga's history after entry `after`, oldest first."""
-    h = t.transitions.c
-    with db.connect() as conn:
-        rows = conn.execute(
-            sa.select(t.transitions).where(h.saga_id == saga_id, h.id > after).order_by(h.id)
-        ).all()
-    return [
-        HistoryRecord(
-            r.id,
-            r.saga_id,
-            r.event,
-            r.from_status,
-            r.to_status,
-            r.step,
-            r.attempt,
-            r.detail,
-            r.at,
-            r.started_at,
-        )
-        for r in rows
-    ]
+    rows = _rows(
+        db,
+        f"SELECT {', '.join(HISTORY_READ)} FROM sagakit_transitions "
+        "WHERE saga_id = :saga_id AND id > :after ORDER BY id",
+        {"saga_id": saga_id, "after": after},
+        HISTORY_READ,
+    )
+    return [HistoryRecord(**r) for r in rows]
 
 
 def list_sagas(
-    db: sa.Engine,
+    db: Connections,
     *,
     status: str | None = None,
     saga_type: str | None = None,
@@ -173,36 +244,106 @@ def list_sagas(
     limit: int = 50,
 ) -> list[SagaRecord]:
     """Sagas, newest first, filtered; `after` continues a listing past its cursor."""
-    s = t.sagas.c
-    query = sa.select(*_LISTED).order_by(s.created_at.desc(), s.saga_id.desc())
+    where = []
+    params: dict[str, Any] = {}
     if status:
-        query = query.where(s.status == status)
+        where.append("status = :status")
+        params["status"] = status
     if saga_type:
-        query = query.where(s.saga_type == saga_type)
+        where.append("saga_type = :saga_type")
+        params["saga_type"] = saga_type
     if created_after:
-        query = query.where(s.created_at >= created_after)
+        where.append("created_at >= :created_after")
+        params["created_after"] = created_after
     if created_before:
-        query = query.where(s.created_at < created_before)
+        where.append("created_at < :created_before")
+        params["created_before"] = created_before
     if search:
-        query = query.where(sa.or_(s.saga_id == search, s.idempotency_key == search))
+        where.append("(saga_id = :search OR idempotency_key = :search)")
+        params["search"] = search
     if after is not None:
-        query = query.where(sa.tuple_(s.created_at, s.saga_id) < (after.created_at, after.saga_id))
-    with db.connect() as conn:
-        rows = conn.execute(query.limit(limit)).all()
-    return [_record(r, with_input=False) for r in rows]
+        # A row comparison: the indexes on (..., created_at, saga_id) serve it as one range.
+        where.append("(created_at, saga_id) < (:after_created, :after_id)")
+        params |= {"after_created": after.created_at, "after_id": after.saga_id}
+    rows = _rows(
+        db,
+        f"SELECT {', '.join(LISTED)} FROM sagakit_sagas"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + f" ORDER BY created_at DESC, saga_id DESC LIMIT {int(limit)}",
+        params,
+        LISTED,
+    )
+    return [_record(r) for r in rows]
 
 
-def statuses(db: sa.Engine, saga_ids: Sequence[str]) -> dict[str, str]:
+def statuses(db: Connections, saga_ids: Sequence[str]) -> dict[str, str]:
     """The status of each of `saga_ids` that exists, in one query."""
-    s = t.sagas.c
+    ids = list(saga_ids)
+    if not ids:
+        return {}
+    params: dict[str, Any]
+    if db.postgres:
+        text, params = "saga_id = ANY(:ids)", {"ids": ids}
+    else:
+        names = [f"id{i}" for i in range(len(ids))]
+        text = f"saga_id IN ({', '.join(':' + n for n in names)})"
+        params = dict(zip(names, ids, strict=True))
+    rows = _rows(
+        db,
+        f"SELECT saga_id, status FROM sagakit_sagas WHERE {text}",
+        params,
+        ("saga_id", "status"),
+    )
+    return {str(r["saga_id"]): str(r["status"]) for r in rows}
+
+
+def running(db: Connections) -> list[tuple[str, str, float]]:
+    """(worker, task id, epoch seconds it began) of each attempt a live worker runs.
+
+    A heartbeat's ``running`` holds ``[task_id, started, soft_limit]`` lists
+    (`recovery.Held`, as `recovery.beat` writes them).
+    """
+    rows = _rows(db, "SELECT name, running FROM sagakit_workers", {}, ("name", "running"))
+    return [
+        (str(r["name"]), str(held[0]), float(held[1]))
+        for r in rows
+        for held in r["running"] or ()
+        if held[1] is not None
+    ]
+
+
+def has_log(db: Connections) -> bool:
+    """Whether the saga log's tables exist (a database nothing ever ran on has none)."""
+    text = (
+        "SELECT to_regclass('sagakit_sagas') IS NOT NULL"
+        if db.postgres
+        else "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sagakit_sagas'"
+    )
     with db.connect() as conn:
-        rows = conn.execute(
-            sa.select(s.saga_id, s.status).where(s.saga_id.in_(list(saga_ids)))
-        ).all()
-    return {str(r[0]): str(r[1]) for r in rows}
+        return bool(conn.execute(text).fetchone()[0])
 
 
-def ping(db: sa.Engine) -> None:
+def missing_log(db: Connections, error: BaseException) -> bool:
+    """Whether `error`, raised by a read, only says that the saga log has no tables yet."""
+    if not isinstance(error, _driver_errors()):
+        return False
+    try:
+        return not has_log(db)
+    except Exception:
+        return False
+
+
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    """The drivers' error classes (only those loaded: an error can only be of those)."""
+    named = (("sqlite3", "Error"), ("psycopg", "Error"), ("sqlalchemy.exc", "DBAPIError"))
+    return tuple(
+        cls
+        for module, name in named
+        if isinstance(cls := getattr(sys.modules.get(module), name, None), type)
+    )
+
+
+def ping(db: Connections) -> None:
     """Raise if the database cannot be reached."""
     with db.connect() as conn:
-        conn.execute(sa.text("SELECT 1"))
+        conn.execute("SELECT 1").fetchone()

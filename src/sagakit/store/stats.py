@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..core.state import ACTIVE_STATUSES, SETTLED_STATUSES, parse_instance
-from ..journal import OUTCOME_EVENTS
+from ..journal import OUTCOME_LABELS
 from . import schema as t
 from .recovery import outbox
 
@@ -49,14 +49,6 @@ LAG = timedelta(seconds=60)
 FOLD_ROWS = 50_000
 """Most rows of each kind one fold takes in (a backlog is folded over several sweeps)."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-OUTCOME_LABELS: dict[str, tuple[str, str]] = {
-    "step_completed": ("action", "succeeded"),
-    "step_failed": ("action", "failed"),
-    "step_timed_out": ("action", "timed_out"),
-    "step_compensated": ("compensation", "succeeded"),
-    "compensation_failed": ("compensation", "failed"),
-}
-assert set(OUTCOME_LABELS) == OUTCOME_EVENTS
 SETTLED_EVENTS: dict[str, str] = {f"saga_{status}": status for status in SETTLED_STATUSES}
 """The history entries of a saga settling, and the outcome each tells."""
 
