@@ -26,9 +26,9 @@ from tests.support.shapes import Shape, shapes
 )
 @given(shape=shapes(), data=st.data())
 def test_the_saga_log_stores_what_the_ledger_holds(
-    fresh_db_url: Callable[[], str], shape: Shape, data: st.DataObject
+    empty_db_url: Callable[[], str], shape: Shape, data: st.DataObject
 ) -> None:
-    rig = Rig(fresh_db_url(), {"prop": shape.saga})
+    rig = Rig(empty_db_url(), {"prop": shape.saga})
     saga_id = rig.engine.start("prop", shape.input).saga_id
     ledger = Ledger(SagaState(saga_id, "prop", shape.saga.version))
     ledger.send(shape.saga, _started(shape))

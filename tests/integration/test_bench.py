@@ -47,7 +47,7 @@ def test_compare_runs_every_contender_and_reports_ratios(
         "SAGAKIT_REDIS_URL": redis_url,
     }
     done = subprocess.run(
-        [SAGAKIT, "bench", "--compare", "--rounds", "1", "--runs", "3", "-n", "20", "--json"],
+        [SAGAKIT, "bench", "--compare", "--rounds", "1", "--runs", "2", "-n", "10", "--json"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

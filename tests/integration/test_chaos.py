@@ -102,6 +102,8 @@ def test_a_pool_process_killed_mid_step_is_redelivered_and_recovers_at_once(
         )
 
 
+@pytest.mark.slow  # waits out a visibility timeout; the check it relies on is tested at once in
+# test_workers.py::test_a_late_redelivery_of_a_finished_attempt_runs_nothing
 def test_a_dead_workers_unacked_message_comes_back_after_the_visibility_timeout_and_is_dropped(
     client: Client,
     cluster: Cluster,

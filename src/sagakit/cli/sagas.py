@@ -32,11 +32,17 @@ def open_system(stack: ExitStack, *, worker: bool, imports: list[str] | None = N
     from ..system import System
 
     system = stack.enter_context(System(imports=imports or ()))
-    if worker and system.settings.embedded:
-        system.start_embedded()
-    elif worker:
-        check_broker(system)
+    if worker:
+        ready_to_send(system)
     return system
+
+
+def ready_to_send(system: System) -> None:
+    """Start the in-process worker (embedded mode), else check that the broker answers."""
+    if system.settings.embedded:
+        system.start_embedded()
+    else:
+        check_broker(system)
 
 
 def check_broker(system: System, timeout: float = 5.0) -> None:
@@ -196,11 +202,13 @@ def register(app: typer.Typer) -> None:
                 raise InvalidInput("--input", f"not valid JSON ({exc})") from None
             if not isinstance(data, dict):
                 raise InvalidInput("--input", "must be a JSON object")
+        from ..core.inputs import validated_input
         from . import render
 
         fields = parse_fields(ctx.args)
         with ExitStack() as stack:
-            system = open_system(stack, worker=True)
+            # Bad input is told before a worker starts or the broker is asked.
+            system = open_system(stack, worker=False)
             engine = system.engine
             model = engine.definition(saga_type).input_model
             if model is None:
@@ -214,6 +222,8 @@ def register(app: typer.Typer) -> None:
                 data.update(
                     {k: _maybe_json(v) if k in structured else v for k, v in fields.items()}
                 )
+            validated_input(data, model)
+            ready_to_send(system)
             result = engine.start(saga_type, data, idempotency_key=idempotency_key)
             if system.settings.embedded and not wait:
                 render.console(stderr=True).print(
