@@ -39,6 +39,22 @@ STEP_COLUMNS = (
 )
 """Columns of a step row that hold the instance's state."""
 
+MESSAGE_COLUMNS = ("task_id", "task_name", "queue", "not_before", "sent_at", "send_count")
+"""Columns of a step row that hold its current attempt's message (the outbox)."""
+
+HISTORY_COLUMNS = (
+    "saga_id",
+    "event",
+    "from_status",
+    "to_status",
+    "step",
+    "attempt",
+    "detail",
+    "at",
+    "started_at",
+)
+"""Columns of a history entry as a transition writes it (the log numbers it, ``id``)."""
+
 
 def head_row(state: SagaState) -> dict[str, Any]:
     """The saga row's state columns for `state`."""

@@ -34,7 +34,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..core.codec import HEAD_COLUMNS, STEP_COLUMNS, head_from, head_row, step_from, step_row
+from ..core.codec import (
+    HEAD_COLUMNS,
+    HISTORY_COLUMNS,
+    MESSAGE_COLUMNS,
+    STEP_COLUMNS,
+    head_from,
+    head_row,
+    step_from,
+    step_row,
+)
 from ..core.errors import SagaNotFound
 from ..core.events import Decision, Needs
 from ..core.state import SagaState, StepState, StepStatus
@@ -44,18 +53,6 @@ from ..messages import OutboxMessage
 SAGA_COLUMNS = ("saga_id", "saga_type", "definition_version", *HEAD_COLUMNS)
 READ_COLUMNS = (*SAGA_COLUMNS, "version")
 """The saga row as a transition reads it: the head and its version."""
-MESSAGE_COLUMNS = ("task_id", "task_name", "queue", "not_before", "sent_at", "send_count")
-HISTORY_COLUMNS = (
-    "saga_id",
-    "event",
-    "from_status",
-    "to_status",
-    "step",
-    "attempt",
-    "detail",
-    "at",
-    "started_at",
-)
 INLINE_INPUT = 8192
 """Inputs up to this many bytes come with an attempt's check; larger ones load on demand."""
 

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..core.codec import HEAD_COLUMNS, STEP_COLUMNS, head_from, step_from
+from ..core.codec import (
+    HEAD_COLUMNS,
+    HISTORY_COLUMNS,
+    MESSAGE_COLUMNS,
+    STEP_COLUMNS,
+    head_from,
+    step_from,
+)
 from ..core.errors import SagaNotFound
 from ..core.state import SagaState, StepState
 from .dbapi import Connections
@@ -108,21 +115,9 @@ LISTED = (
     "deadline_at",
 )
 """A saga row's columns but its input (which only `get` reads)."""
-MESSAGE_READ = ("task_id", "task_name", "queue", "not_before", "sent_at", "send_count")
-STEP_READ = (*STEP_COLUMNS, "output", *MESSAGE_READ)
+STEP_READ = (*STEP_COLUMNS, "output", *MESSAGE_COLUMNS)
 """A step row's columns: the instance's state, its output and its current message."""
-HISTORY_READ = (
-    "id",
-    "saga_id",
-    "event",
-    "from_status",
-    "to_status",
-    "step",
-    "attempt",
-    "detail",
-    "at",
-    "started_at",
-)
+HISTORY_READ = ("id", *HISTORY_COLUMNS)
 
 JSON_COLUMNS = frozenset({"input", "sources", "item", "output", "detail", "running", "reserved"})
 """Columns of the schema's JSON type (text on SQLite)."""
