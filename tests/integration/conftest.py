@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from sagakit import Settings, System
 from tests.support.client import Client
 from tests.support.cluster import Cluster
+from tests.support.postgres_server import PostgresServer
+from tests.support.redis_server import RedisServer
 
 
 def worker_env(pg_url: str, broker_url: str) -> dict[str, str]:
@@ -61,3 +65,34 @@ def client(cluster: Cluster) -> Iterator[Client]:
     system = client_system(cluster.env)
     yield Client(system)
     system.close()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server for tests that stop and start it."""
+    try:
+        server = PostgresServer()
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot run a private PostgreSQL: {exc}")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg(postgres: PostgresServer) -> Iterator[PostgresServer]:
+    """The private server, running at the start of the test and again after it."""
+    yield postgres
+    if not (postgres.data / "postmaster.pid").exists():
+        postgres.start()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private, running Redis server for tests that stop and start it."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

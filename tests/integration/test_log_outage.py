@@ -33,35 +33,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 SETTLED = ("completed", "compensated", "failed")
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    try:
-        server = PostgresServer()
-    except (RuntimeError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot run a private PostgreSQL: {exc}")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def pg(postgres: PostgresServer) -> Iterator[PostgresServer]:
-    """The private server, running at the start of the test and again after it."""
-    yield postgres
-    if not (postgres.data / "postmaster.pid").exists():
-        postgres.start()
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def cluster(pg: PostgresServer, broker: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
     workers = Cluster(worker_env(pg.url, broker.url), tmp_path)

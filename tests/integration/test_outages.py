@@ -29,35 +29,6 @@ UNREACHABLE = 3
 BROKER_OUTAGE = 3.0
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    try:
-        server = PostgresServer()
-    except (RuntimeError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot run a private PostgreSQL: {exc}")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def pg(postgres: PostgresServer) -> Iterator[PostgresServer]:
-    """The private server, running at the start of the test and again after it."""
-    yield postgres
-    if not (postgres.data / "postmaster.pid").exists():
-        postgres.start()
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
 def env_for(pg: PostgresServer, broker: RedisServer, tmp_path: Path) -> dict[str, str]:
     return {
         **os.environ,
