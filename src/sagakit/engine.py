@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .core.definition import Saga
 from .core.errors import InvalidInput, UnknownSagaType
@@ -42,6 +42,9 @@ from .journal import Attempt, Entry, entries
 from .messages import OutboxMessage, StepKwargs, seal, task_id
 from .ports import Dispatcher, EventPublisher
 from .store.log import Snapshot, SqlLog, Transition
+
+if TYPE_CHECKING:
+    from .tracing.spans import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +79,10 @@ class Engine:
         events: EventPublisher | None = None,
         clock: Callable[[], datetime] = utcnow,
         timeout_grace: float = 5.0,
+        tracing: Tracing | None = None,
     ) -> None:
         self.log = log
+        self.tracing = tracing
         self.sagas = dict(sagas)
         self.dispatcher = dispatcher
         self.events = events
@@ -113,6 +118,8 @@ class Engine:
         decision = decide(saga, head, {}, event)
         messages = self._messages(saga, decision, now, data, version=0, read={})
         rows = entries(head, decision, event, list(messages.values()), now)
+        if self.tracing is not None:  # the saga's trace, in its messages and its history
+            messages, rows = self.tracing.started(saga.name, saga_id, messages, rows)
         existing = self.log.start(
             head,
             data,

@@ -126,6 +126,8 @@ class OutboxMessage:
     not_before: datetime
     state: str | None = None
     """The STATE_HEADER to send with the message, if any."""
+    trace: Mapping[str, str] | None = None
+    """The trace context to send as headers (``traceparent``), with tracing on."""
 
 
 class BadMessage(ValueError):

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     flower_port: int = 5555
+    tracing: bool = False
+    """Send OpenTelemetry traces: one per saga (needs the ``tracing`` extra; the exporter is
+    set by OpenTelemetry's ``OTEL_*`` variables, see docs/deployment.md)."""
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     flower_user: str = "admin"

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from celery import signals
@@ -15,9 +15,10 @@ from celery import signals
 from .engine import Engine
 from .logs import configure_logging
 from .outages import BROKER, unreachable
+from .ports import Dispatcher
 from .queries import Queries
 from .registry import discover
-from .runtime.app import SAGAKIT_QUEUE, bind_engine, engine_for, make_celery
+from .runtime.app import SAGAKIT_QUEUE, bind_engine, bind_tracing, engine_for, make_celery
 from .runtime.dispatch import BrokerWatch, dispatcher_for
 from .runtime.probe import BrokerProbe
 from .runtime.worker import EmbeddedWorker, holdings
@@ -27,6 +28,9 @@ from .store.db import Pooled
 from .store.prune import parse_age
 from .streams.publisher import RedisStreamPublisher
 from .sweeper import Identity, Sweeper
+
+if TYPE_CHECKING:
+    from .tracing.spans import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ class System:
     ) -> None:
         self.settings = settings or load_settings()
         self.sagas = discover([*self.settings.imports, *imports])
+        self.tracing = _tracing(self.settings)
         self.celery = make_celery(
             self.settings.broker_url, visibility_timeout=self.settings.visibility_timeout
         )
@@ -65,6 +70,7 @@ class System:
             lambda: self.process.engine,
             record_patience=self.settings.record_patience,
         )
+        bind_tracing(self.celery, self.tracing)
         self._embedded: EmbeddedWorker | None = None
         self._probe: BrokerProbe | None = None
 
@@ -103,7 +109,7 @@ class System:
                 settings.redis_url, settings.events_stream, settings.events_maxlen
             )
         db = make_db(settings.database_url)
-        dispatcher = dispatcher_for(
+        dispatcher: Dispatcher = dispatcher_for(
             self.celery,
             redis_url=settings.redis_url,
             stream=settings.events_stream,
@@ -111,12 +117,17 @@ class System:
             time_limits=settings.time_limits,
             grace=settings.timeout_grace,
         )
+        if self.tracing is not None:
+            from .tracing.dispatch import TracingDispatcher, started_traces
+
+            dispatcher = TracingDispatcher(dispatcher, self.tracing, started_traces(db))
         engine = Engine(
             SqlLog(make_db(settings.database_url, autocommit=True)),
             self.sagas,
             dispatcher,
             events=events,
             timeout_grace=settings.timeout_grace,
+            tracing=self.tracing,
         )
         return _Process(os.getpid(), db, engine, Queries(Pooled(db)))
 
@@ -200,6 +211,18 @@ class System:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _tracing(settings: Settings) -> Tracing | None:
+    """With ``SAGAKIT_TRACING``, the SDK and the instrumentations set up for this process
+    (`tracing.setup`). Raises InvalidInput without the ``tracing`` extra."""
+    if not settings.tracing:
+        return None
+    from .tracing.setup import install
+    from .tracing.spans import Tracing
+
+    install()
+    return Tracing()
 
 
 def install_worker_logging(settings: Settings) -> None:

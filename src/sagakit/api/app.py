@@ -83,6 +83,10 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
         system_routes.router, dependencies=system_guard, responses=auth if system_guard else {}
     )
     app.mount("/static/swagger", StaticFiles(directory=SWAGGER_UI), name="swagger")
+    if system.tracing is not None:  # SAGAKIT_TRACING: a start request parents its saga
+        from ..tracing.setup import instrument_api
+
+        instrument_api(app)
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:

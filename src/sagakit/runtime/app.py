@@ -28,6 +28,7 @@ from celery import Celery
 
 if TYPE_CHECKING:
     from ..engine import Engine
+    from ..tracing.spans import Tracing
 
 SAGAKIT_QUEUE = "sagakit"
 
@@ -103,3 +104,14 @@ def engine_for(app: Any) -> Engine | None:
     """Return the engine bound to `app`, or None where the store is out of reach."""
     slot: EngineSlot | None = getattr(app, "sagakit_engine", None)
     return None if slot is None else slot.get()
+
+
+def bind_tracing(app: Any, tracing: Tracing | None) -> None:
+    """Have step tasks running on `app` open their spans through `tracing` (None: off)."""
+    app.sagakit_tracing = tracing
+
+
+def tracing_for(app: Any) -> Tracing | None:
+    """The tracing bound to `app`; None when tracing is off."""
+    tracing: Tracing | None = getattr(app, "sagakit_tracing", None)
+    return tracing

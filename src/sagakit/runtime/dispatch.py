@@ -13,6 +13,7 @@ reports it with each running attempt, and the sweeper times out an attempt that 
 With ``time_limits`` the message also carries Celery's soft limit (the timeout) and hard
 limit (the timeout plus twice the grace), so the pool raises SoftTimeLimitExceeded in the
 step and kills a process that ignores it; each limit costs the worker timers per task.
+With tracing on, the trace context travels in the ``traceparent`` header (`tracing`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class CeleryDispatcher:
             headers[TIMEOUT_HEADER] = m.timeout
         if m.state is not None:
             headers[STATE_HEADER] = m.state
+        if m.trace is not None:
+            headers.update(m.trace)
         return headers, properties, body
 
     def send(
@@ -169,6 +172,8 @@ class RedisDispatcher(CeleryDispatcher):
             headers[TIMEOUT_HEADER] = m.timeout
         if m.state is not None:
             headers[STATE_HEADER] = m.state
+        if m.trace is not None:
+            headers.update(m.trace)
         body = json.dumps([[], kwargs, _NO_CALLBACKS], separators=(",", ":"))
         return json.dumps(
             {

@@ -23,7 +23,7 @@ import socket
 import traceback
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import shared_task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
@@ -33,9 +33,12 @@ from ..core.inputs import jsonable
 from ..logs import saga_context
 from ..messages import STATE_HEADER, BadMessage, StepKwargs, decode, parse_task_id, unseal
 from ..store.log import Snapshot
-from .app import SAGAKIT_QUEUE, engine_for
+from .app import SAGAKIT_QUEUE, engine_for, tracing_for
 from .context import LazyInput, LazyResults, StepContext, Unreachable
 from .outcomes import Outcome, failure, or_requeue, record
+
+if TYPE_CHECKING:
+    from ..tracing.spans import AttemptSpan, Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +51,10 @@ def saga_task(name: str, **options: Any) -> Callable[[StepFunction], Any]:
 
     def decorate(fn: StepFunction) -> Any:
         def run(self: Any, *args: Any, **kwargs: Any) -> Any:
-            return execute(self, fn, kwargs, args)
+            tracing = tracing_for(self.app)
+            if tracing is None:
+                return execute(self, fn, kwargs, args)
+            return traced(self, tracing, fn, kwargs, args)
 
         run.__name__ = fn.__name__
         run.__qualname__ = fn.__qualname__
@@ -70,10 +76,26 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def execute(
-    task: Any, fn: StepFunction, kwargs: Mapping[str, Any], args: tuple[Any, ...] = ()
+def traced(
+    task: Any, tracing: Tracing, fn: StepFunction, kwargs: Mapping[str, Any], args: tuple[Any, ...]
 ) -> None:
-    """Check the attempt, run the step function, record its outcome."""
+    """`execute` inside the attempt's span (`tracing.spans.Tracing.attempt`)."""
+    try:
+        message = decode(task.request.id or "", kwargs)
+    except BadMessage:
+        return execute(task, fn, kwargs, args)  # no attempt to trace: it says why
+    with tracing.attempt(task.request, message) as span:
+        return execute(task, fn, kwargs, args, span)
+
+
+def execute(
+    task: Any,
+    fn: StepFunction,
+    kwargs: Mapping[str, Any],
+    args: tuple[Any, ...] = (),
+    span: AttemptSpan | None = None,
+) -> None:
+    """Check the attempt, run the step function, record its outcome (on `span` too)."""
     task_id: str = task.request.id or ""
     worker: str = task.request.hostname or socket.gethostname()
     try:
@@ -88,7 +110,7 @@ def execute(
         if engine is None or message["saga_type"] not in engine.sagas:
             # No saga log here, or a saga type this worker does not know: let a sagakit
             # worker record the outcome.
-            _execute_remote(task, fn, message, worker)
+            _execute_remote(task, fn, message, worker, span)
             return
         log = engine.log
         saga_id, step = message["saga_id"], message["step"]
@@ -104,6 +126,8 @@ def execute(
             if check is None or not check.current:
                 why = "the saga log never scheduled it" if check is None else "it is not current"
                 logger.info("delivery ignored: %s", why, extra={"task_id": task_id})
+                if span is not None:
+                    span.ignored(why)
                 return
             snapshot, small_input, item = (
                 check.snapshot,
@@ -130,6 +154,8 @@ def execute(
             )
 
         def finish(outcome: Outcome) -> None:
+            if span is not None:
+                span.outcome(outcome)
             record(task, write, message, task_id, outcome, worker=worker, started_at=started)
 
         try:
@@ -212,7 +238,9 @@ def _bad_message(task: Any, exc: BadMessage, worker: str) -> None:
         )
 
 
-def _execute_remote(task: Any, fn: StepFunction, message: StepKwargs, worker: str) -> None:
+def _execute_remote(
+    task: Any, fn: StepFunction, message: StepKwargs, worker: str, span: AttemptSpan | None
+) -> None:
     step = message["step"]
     context = StepContext(
         saga_id=message["saga_id"],
@@ -241,11 +269,15 @@ def _execute_remote(task: Any, fn: StepFunction, message: StepKwargs, worker: st
             retryable=not isinstance(exc, NonRetryableError),
             timed_out=isinstance(exc, SoftTimeLimitExceeded),
         )
+        if span is not None:
+            span.outcome(report)
         task.app.send_task("sagakit.record_outcome", kwargs=report, queue=SAGAKIT_QUEUE)
         if isinstance(exc, EXPECTED):
             logger.warning("step failed: %s: %s", type(exc).__name__, exc)
             raise Ignore() from None
         raise
+    if span is not None:
+        span.outcome(report)
     task.app.send_task("sagakit.record_outcome", kwargs=report, queue=SAGAKIT_QUEUE)
 
 
