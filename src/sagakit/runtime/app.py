@@ -15,6 +15,17 @@ on these):
   turns them on in the workers it watches (``sagakit up`` and compose run it), through
   the broker, while it runs;
 - no result backend: outcomes go to the saga log, not to Celery results.
+
+On RabbitMQ (an ``amqp://`` broker URL), what Celery's docs recommend for messages that must
+not be lost (`RABBITMQ`): quorum queues (durable and replicated; Celery then turns global QoS
+off, which they do not support, and the prefetch stays one per process), and publisher
+confirms (a send returns once the broker has the message, so a send into a broker going down
+fails and the sweeper sends it again instead of it vanishing). sagakit never sends ETA or
+countdown messages (a retry's delay waits in the saga log), which quorum queues would need
+Celery's native delayed delivery for. A quorum queue's delivery limit (RabbitMQ's default,
+or a policy) drops a message redelivered too often, e.g. one whose step keeps killing its
+pool process: the sweeper re-drives it once nobody holds it and its queue is empty, and the
+step's timeout and retry policy bound it.
 """
 
 from __future__ import annotations
@@ -31,6 +42,14 @@ if TYPE_CHECKING:
     from ..tracing.spans import Tracing
 
 SAGAKIT_QUEUE = "sagakit"
+AMQP = ("amqp", "amqps", "pyamqp")
+RABBITMQ: dict[str, Any] = {
+    "task_default_queue_type": "quorum",
+    "task_create_missing_queue_type": "quorum",
+    "broker_transport_options": {"confirm_publish": True},
+    "worker_detect_quorum_queues": True,
+}
+"""Celery's settings for a RabbitMQ broker (see the module docstring)."""
 
 
 def make_celery(
@@ -64,6 +83,8 @@ def make_celery(
         worker_cancel_long_running_tasks_on_connection_loss=False,
         enable_utc=True,
     )
+    if broker_url.split("://", 1)[0] in AMQP:
+        app.conf.update(RABBITMQ)
     return app
 
 
