@@ -115,7 +115,7 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Build Settings from the environment, accepting the seed's variable names too."""
     env = os.environ
-    if "SAGAKIT_BROKER_URL" not in env and env.get("CELERY_BROKER_URL"):
-        overrides.setdefault("broker_url", env["CELERY_BROKER_URL"])
+    if not env.get("SAGAKIT_BROKER_URL"):  # unset or empty: the seed's name, or the default
+        overrides.setdefault("broker_url", env.get("CELERY_BROKER_URL") or EMBEDDED_BROKER)
     overrides.setdefault("database_url", database_url(env))
     return Settings(**overrides)  # type: ignore[arg-type]

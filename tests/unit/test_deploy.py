@@ -39,7 +39,7 @@ WORKERS = {
     "worker-sagakit",
 }
 APP_SERVICES = {"migrate", "api", "flower", *WORKERS}
-SERVICES = {"redis", "db", *APP_SERVICES}
+SERVICES = {"redis", "db", "rabbitmq", *APP_SERVICES}
 HEALTHY_DEPENDENCIES = {"redis", "db"}
 
 # Distinct values for every variable the compose file substitutes, so that the tests can see
@@ -49,6 +49,8 @@ DISTINCT_ENV = {
     "POSTGRES_USER": "pg-user-x",
     "POSTGRES_PASSWORD": "pg-pass-x",
     "REDIS_PASSWORD": "redis-pass-x",
+    "RABBITMQ_PASSWORD": "rabbit-pass-x",
+    "SAGAKIT_BROKER_URL": "",  # Redis is the broker (test_the_rabbitmq_profile: RabbitMQ)
     "SAGAKIT_API_TOKEN": "api-token-x",
     "SAGAKIT_API_READ_TOKEN": "api-read-token-x",
     "SAGAKIT_API_PROTECT_SYSTEM": "true",
@@ -66,7 +68,7 @@ DISTINCT_ENV = {
 PLACEHOLDER = re.compile(r"^$|change-?me|placeholder|example|<[^>]*>", re.IGNORECASE)
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|_KEY$", re.IGNORECASE)
 SECRETS = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "SAGAKIT_API_TOKEN", "SAGAKIT_FLOWER_PASSWORD"}
-OPTIONAL_SECRETS = {"SAGAKIT_API_READ_TOKEN"}
+OPTIONAL_SECRETS = {"SAGAKIT_API_READ_TOKEN", "RABBITMQ_PASSWORD"}
 """Secrets a deployment may leave out: empty by default, never a value."""
 
 
@@ -354,6 +356,43 @@ def test_api_healthcheck_sends_the_token_that_protected_system_routes_need(
         assert "401" in refused.stderr
 
 
+def test_the_rabbitmq_profile(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    """With the profile's three settings in .env, every sagakit process uses RabbitMQ as its
+    broker, with the user, password and vhost the rabbitmq service creates; Redis stays for
+    the event stream. No service waits for RabbitMQ (a dependency on a service outside the
+    active profiles is an error): the workers retry until it answers."""
+    from sagakit.settings import load_settings
+
+    url = "amqp://sagakit:rabbit-pass-x@rabbitmq:5672/sagakit"
+    values = {**DISTINCT_ENV, "SAGAKIT_BROKER_URL": url}
+    env_file = tmp_path / "rabbit.env"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+    services = _render(env_file)["services"]
+
+    rabbit = services["rabbitmq"]
+    assert rabbit["profiles"] == ["rabbitmq"]
+    assert rabbit["image"].startswith("rabbitmq:3")
+    assert "rabbitmq-diagnostics" in rabbit["healthcheck"]["test"]
+    assert "ports" not in rabbit
+    assert _volume_sources(rabbit).get("/var/lib/rabbitmq") == "rabbitmq-data"
+    rabbit_env = _environment(rabbit)
+    parts = urlsplit(url)
+    assert (rabbit_env["RABBITMQ_DEFAULT_USER"], rabbit_env["RABBITMQ_DEFAULT_PASS"]) == (
+        parts.username,
+        parts.password,
+    )
+    assert rabbit_env["RABBITMQ_DEFAULT_VHOST"] == parts.path.lstrip("/")
+    assert all("rabbitmq" not in _depends_on(service) for service in services.values())
+    for name in sorted(APP_SERVICES):
+        for key, value in _environment(services[name]).items():
+            clean_env.setenv(key, value)
+        settings = load_settings()
+        assert settings.broker_url == url, name
+        assert urlsplit(settings.redis_url or "").hostname == "redis", name
+        for key in _environment(services[name]):
+            clean_env.delenv(key)
+
+
 def test_named_volumes(config: dict[str, Any]) -> None:
     services = config["services"]
     volumes = set(config.get("volumes") or {})
@@ -474,7 +513,7 @@ def test_flower_app_module_gives_the_broker_and_the_step_tasks(
     )
     assert done.returncode == 0, done.stderr
     broker, tasks = done.stdout.splitlines()[-2:]
-    assert broker == _environment(flower)["SAGAKIT_BROKER_URL"]
+    assert broker == _environment(flower)["CELERY_BROKER_URL"]
     assert {"robots.allocate", "mapping.integrate", "sagakit.record_outcome"} <= set(tasks.split())
 
 
