@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,19 @@ def test_a_step_message_is_the_one_celery_and_kombu_would_push(
     assert pushed["headers"]["timelimit"] == (
         [timeout + 4.0, timeout] if time_limits and timeout else [None, None]
     )
+
+
+def test_a_traced_step_message_carries_its_context_in_a_header_either_way(broker: str) -> None:
+    app = _app(broker)
+    client = redis.Redis.from_url(broker)
+    trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    message = _message("via-kombu")
+    assert CeleryDispatcher(app).send([replace(message, trace=trace)]) == []
+    assert RedisDispatcher(app).send([replace(message, queue="direct", trace=trace)]) == []
+    expected, pushed = _popped(client, "via-kombu"), _popped(client, "direct")
+    expected["properties"]["delivery_info"]["routing_key"] = "direct"
+    assert pushed == expected
+    assert pushed["headers"]["traceparent"] == trace["traceparent"]
 
 
 def test_the_first_send_into_an_emptied_broker_records_when_its_rows_were_sent(
