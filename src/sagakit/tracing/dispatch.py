@@ -20,8 +20,8 @@ Lookup = Callable[[Collection[str]], Mapping[str, str]]
 
 class TracingDispatcher:
     """Wraps a dispatcher: each message carries the context given it (a saga's start), else
-    the current one (the attempt whose outcome sent it), else, sent outside any span (by the
-    sweeper), the one its saga's start recorded (`started_traces`)."""
+    the current one if it is an attempt of the same saga (whose outcome sent it), else (the
+    sweeper's sends, a cancel or retry) the one its saga's start recorded (`started_traces`)."""
 
     def __init__(self, inner: Dispatcher, tracing: Tracing, lookup: Lookup) -> None:
         self.inner = inner
@@ -37,25 +37,29 @@ class TracingDispatcher:
         sent_at: datetime | None = None,
     ) -> list[OutboxMessage]:
         """Send through the wrapped dispatcher, each message with its trace context."""
-        if messages and any(m.trace is None for m in messages):
-            carrier = self.tracing.carrier()
-            if carrier:
-                messages = [m if m.trace else replace(m, trace=carrier) for m in messages]
-            else:
-                messages = self._recorded(messages)
+        if any(m.trace is None for m in messages):
+            messages = self._traced(messages)
         return self.inner.send(messages, entries, sent_at=sent_at)
 
-    def _recorded(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
-        try:
-            found = self.lookup({m.saga_id for m in messages if m.trace is None})
-        except Exception:  # tracing never stops a message: it goes without a parent
-            found = {}
-        return [
-            replace(m, trace={"traceparent": found[m.saga_id]})
-            if m.trace is None and m.saga_id in found
-            else m
-            for m in messages
-        ]
+    def _traced(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
+        running, carrier = self.tracing.running()
+        if not carrier:
+            running = None
+        wanted = {m.saga_id for m in messages if m.trace is None and m.saga_id != running}
+        recorded: Mapping[str, str] = {}
+        if wanted:
+            try:
+                recorded = self.lookup(wanted)
+            except Exception:  # tracing never stops a message: it goes without a parent
+                recorded = {}
+        traced = []
+        for m in messages:
+            if m.trace is None and m.saga_id == running:
+                m = replace(m, trace=carrier)
+            elif m.trace is None and m.saga_id in recorded:
+                m = replace(m, trace={"traceparent": recorded[m.saga_id]})
+            traced.append(m)
+        return traced
 
 
 def started_traces(db: sa.Engine) -> Lookup:

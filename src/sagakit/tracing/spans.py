@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
@@ -27,6 +28,9 @@ ATTRIBUTES = (SAGA_ID, SAGA_TYPE, STEP, ATTEMPT, DIRECTION, OUTCOME)
 
 CARRIED = ("traceparent", "tracestate")
 """The message headers that carry the context (W3C Trace Context)."""
+
+_RUNNING: ContextVar[str | None] = ContextVar("sagakit_traced_saga", default=None)
+"""The saga whose attempt's span is current (in this thread), if any."""
 
 
 class AttemptSpan:
@@ -59,6 +63,13 @@ class Tracing:
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         self.tracer = trace.get_tracer(INSTRUMENTATION, tracer_provider=tracer_provider)
+
+    def running(self) -> tuple[str | None, dict[str, str]]:
+        """The saga whose attempt runs here (None outside one), and the current context as
+        message headers: a message of that saga goes on its trace from here; any other (a
+        cancel's, sent during its HTTP request) is not on this trace."""
+        saga_id = _RUNNING.get()
+        return saga_id, self.carrier() if saga_id is not None else {}
 
     def carrier(self) -> dict[str, str]:
         """The current context as message headers; empty when no span is current."""
@@ -113,4 +124,8 @@ class Tracing:
             attributes=attributes,
             set_status_on_exception=False,  # the outcome says (Celery's Ignore is no error)
         ) as span:
-            yield AttemptSpan(span)
+            running = _RUNNING.set(message["saga_id"])
+            try:
+                yield AttemptSpan(span)
+            finally:
+                _RUNNING.reset(running)

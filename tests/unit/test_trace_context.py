@@ -77,13 +77,21 @@ def test_a_message_carries_the_given_then_the_current_then_the_recorded_context(
     assert asked == [{"s1", "s2"}]
 
     inner.messages.clear()
-    with tracer.tracer.start_as_current_span("an attempt") as span:
-        dispatcher.send([_message("s1")])
+    message: Any = {"saga_id": "s1", "saga_type": "t", "step": "a", "attempt": 1}
+    with tracer.attempt(object(), {**message, "direction": "action"}) as attempt:
+        dispatcher.send([_message("s1")])  # the attempt's outcome sends the next step
     (sent,) = inner.messages
     assert sent.trace is not None
-    assert sent.trace["traceparent"].split("-")[2] == f"{span.get_span_context().span_id:016x}"
-    assert asked == [{"s1", "s2"}]  # no lookup inside a span
-    assert [s.name for s in exporter.get_finished_spans()] == ["an attempt"]
+    span_id = attempt.span.get_span_context().span_id
+    assert sent.trace["traceparent"].split("-")[2] == f"{span_id:016x}"
+    assert asked == [{"s1", "s2"}]  # no lookup inside the saga's own attempt
+    assert [s.name for s in exporter.get_finished_spans()] == ["step a"]
+
+    inner.messages.clear()
+    with tracer.tracer.start_as_current_span("POST /api/sagas/s1/cancel"):
+        dispatcher.send([_message("s1")])  # the cancel's compensations stay on the saga's trace
+    assert [m.trace for m in inner.messages] == [{"traceparent": RECORDED}]
+    assert asked == [{"s1", "s2"}, {"s1"}]
 
 
 def test_a_failed_lookup_sends_the_messages_without_a_parent(
