@@ -54,7 +54,9 @@ class System:
         self.settings = settings or load_settings()
         self.sagas = discover([*self.settings.imports, *imports])
         self.celery = make_celery(
-            self.settings.broker_url, visibility_timeout=self.settings.visibility_timeout
+            self.settings.broker_url,
+            visibility_timeout=self.settings.visibility_timeout,
+            message_key=self.settings.message_key,
         )
         self._check_timeouts()
         if migrate:
@@ -110,6 +112,7 @@ class System:
             maxlen=settings.events_maxlen,
             time_limits=settings.time_limits,
             grace=settings.timeout_grace,
+            key=settings.message_key.encode() if settings.message_key else None,
         )
         engine = Engine(
             SqlLog(make_db(settings.database_url, autocommit=True)),
