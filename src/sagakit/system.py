@@ -59,7 +59,9 @@ class System:
         self.sagas = discover([*self.settings.imports, *imports])
         self.tracing = _tracing(self.settings)
         self.celery = make_celery(
-            self.settings.broker_url, visibility_timeout=self.settings.visibility_timeout
+            self.settings.broker_url,
+            visibility_timeout=self.settings.visibility_timeout,
+            message_key=self.settings.message_key,
         )
         self._check_timeouts()
         if migrate:
@@ -116,6 +118,7 @@ class System:
             maxlen=settings.events_maxlen,
             time_limits=settings.time_limits,
             grace=settings.timeout_grace,
+            key=settings.message_key.encode() if settings.message_key else None,
         )
         if self.tracing is not None:
             from .tracing.dispatch import TracingDispatcher, started_traces
