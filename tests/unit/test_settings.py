@@ -47,6 +47,15 @@ def test_sagakit_names_win_over_the_seed_names(monkeypatch: pytest.MonkeyPatch) 
     assert settings.imports == ["a.b", "c"]
 
 
+def test_an_empty_broker_url_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compose passes SAGAKIT_BROKER_URL empty unless its rabbitmq profile sets it."""
+    monkeypatch.setenv("SAGAKIT_BROKER_URL", "")
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://seed:6379/0")
+    assert load_settings().broker_url == "redis://seed:6379/0"
+    monkeypatch.delenv("CELERY_BROKER_URL")
+    assert load_settings().embedded
+
+
 def test_a_dotenv_file_in_the_working_directory_is_not_read(
     tmp_path: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
