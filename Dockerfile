@@ -16,10 +16,11 @@ WORKDIR /app
 
 # Dependencies first, from the project's own metadata: this layer is rebuilt only when
 # pyproject.toml changes. Stub packages stand in for the code so the build backend can run.
+# The tracing extra is in the image, off until SAGAKIT_TRACING=true.
 COPY pyproject.toml README.md ./
 RUN mkdir -p src/sagakit src/sagakit_examples \
  && touch src/sagakit/__init__.py src/sagakit_examples/__init__.py \
- && pip install ".[api]" \
+ && pip install ".[api,tracing]" \
  && rm -rf src
 
 # Then the code itself (no dependency resolution here): sagakit and the SLAM example that the

@@ -58,6 +58,8 @@ DISTINCT_ENV = {
     "SAGAKIT_FLOWER_PASSWORD": "flower-pass-x",
     "SAGAKIT_BIND": "0.0.0.0",
     "SAGAKIT_LOG_LEVEL": "DEBUG",
+    "SAGAKIT_TRACING": "true",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector-x:4318",
     "SAGAKIT_LOG_FORMAT": "json",
     "SLAM_FLEET_SIZE": "12",
     "SLAM_ROBOTS_DATABASE_URL": "postgresql+psycopg://u:p@robots-db:5432/robots",
@@ -626,6 +628,8 @@ def test_compose_environment_configures_postgres_and_redis(
     assert settings.api_protect_system is True
     assert settings.imports == ["sagakit_examples.slam"]
     assert str(settings.data_dir) == "/data/sagakit"
+    assert settings.tracing is True
+    assert _environment(services["api"])["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector-x:4318"
 
 
 def test_the_example_env_file_leaves_the_read_token_and_system_protection_off(
@@ -758,9 +762,12 @@ def test_dockerfile_installs_from_project_metadata() -> None:
     assert "PYTHONPATH" not in envs
     installs = [run for run in runs if "pip install" in run]
     assert installs
-    assert any(re.search(r"pip install[^&;]*\s['\"]?\.(\[api\])?['\"]?(\s|$)", run) for run in runs)
+    assert any(
+        re.search(r"pip install[^&;]*\s['\"]?\.(\[api(,tracing)?\])?['\"]?(\s|$)", run)
+        for run in runs
+    )
     assert not any("requirements" in run or " -r " in run for run in installs)
-    assert any(re.search(r"pip install[^&;]*\.\[api\]", run) for run in runs)
+    assert any(re.search(r"pip install[^&;]*\.\[api,tracing\]", run) for run in runs)
     workdirs = [args for keyword, args in instructions if keyword == "WORKDIR"]
     assert workdirs
 
