@@ -60,7 +60,7 @@ def _uninstrument() -> None:
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
-    for instrumentor in (CeleryInstrumentor(), SQLAlchemyInstrumentor()):  # type: ignore[no-untyped-call]
+    for instrumentor in (CeleryInstrumentor(), SQLAlchemyInstrumentor()):
         if instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.uninstrument()
 
