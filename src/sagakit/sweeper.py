@@ -153,7 +153,7 @@ class Sweeper:
 
     def _send_due(self, now: datetime) -> int:
         messages = []
-        for p in recovery.take_due(self.db, now, self.engine.sagas, self.batch):
+        for p in recovery.take_due(self.db, now, self.engine.versions, self.batch):
             try:
                 messages.append(self._message(p))
             except KeyError:  # a step this process's definition of the saga does not have
@@ -291,7 +291,7 @@ class Sweeper:
     def _message(self, p: Pending) -> OutboxMessage:
         direction: Direction = "compensation" if p.status == "compensating" else "action"
         attempt = p.comp_attempt if direction == "compensation" else p.attempt
-        saga = self.engine.definition(p.saga_type)
+        saga = self.engine.definition(p.saga_type, p.definition_version)
         return self.engine.message(
             saga, p.saga_id, p.name, direction, attempt, p.item, p.task_id, p.not_before
         )

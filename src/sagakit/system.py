@@ -16,7 +16,7 @@ from .engine import Engine
 from .logs import configure_logging
 from .outages import BROKER, unreachable
 from .queries import Queries
-from .registry import discover
+from .registry import discover_all, newest, task_routes
 from .runtime.app import SAGAKIT_QUEUE, bind_engine, engine_for, make_celery
 from .runtime.dispatch import BrokerWatch, dispatcher_for
 from .runtime.probe import BrokerProbe
@@ -50,12 +50,18 @@ class System:
         *,
         migrate: bool = True,
         imports: Iterable[str] = (),
+        routes: Iterable[Any] = (),
     ) -> None:
         self.settings = settings or load_settings()
-        self.sagas = discover([*self.settings.imports, *imports])
+        modules = [*self.settings.imports, *imports]
         self.celery = make_celery(
             self.settings.broker_url, visibility_timeout=self.settings.visibility_timeout
         )
+        self.celery.conf.task_routes = [*routes, *task_routes(modules)]
+        self.versions = [saga.routed(self._route) for saga in discover_all(modules)]
+        """Every registered definition, each version of a saga type."""
+        self.sagas = newest(self.versions)
+        """The newest version of each saga type: what new starts take."""
         self._check_timeouts()
         if migrate:
             upgrade_database(self.settings.database_url)
@@ -67,6 +73,18 @@ class System:
         )
         self._embedded: EmbeddedWorker | None = None
         self._probe: BrokerProbe | None = None
+
+    def _route(self, task_name: str) -> str | None:
+        """The queue the app's ``task_routes`` send `task_name` to, if one does."""
+        if not self.celery.conf.task_routes:
+            return None
+        router = self.celery.amqp.router
+        route = router.lookup_route(task_name, (), {}, {}, None)
+        if not route:
+            return None
+        queue = router.expand_destination(route).get("queue")
+        name = getattr(queue, "name", queue)
+        return str(name) if name else None
 
     @property
     def process(self) -> _Process:
@@ -91,7 +109,7 @@ class System:
     def queues(self) -> set[str]:
         """Every queue a registered saga uses, plus sagakit's own."""
         queues = {SAGAKIT_QUEUE}
-        for saga in self.sagas.values():
+        for saga in self.versions:
             queues |= saga.queues
         return queues
 
@@ -117,6 +135,7 @@ class System:
             dispatcher,
             events=events,
             timeout_grace=settings.timeout_grace,
+            versions=self.versions,
         )
         return _Process(os.getpid(), db, engine, Queries(Pooled(db)))
 
@@ -161,7 +180,7 @@ class System:
     def _check_timeouts(self) -> None:
         if self.settings.embedded:
             return
-        for saga in self.sagas.values():
+        for saga in self.versions:
             for step in saga.all_steps():
                 limit = (step.timeout or 0) + 2 * self.settings.timeout_grace
                 if step.timeout and limit >= self.settings.visibility_timeout:

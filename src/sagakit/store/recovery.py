@@ -66,6 +66,8 @@ class Pending:
     task_name: str
     queue: str
     not_before: datetime
+    definition_version: int = 1
+    """The version of its saga's definition (the one that builds the message)."""
 
 
 def _encode(held: Iterable[Held]) -> list[list[Any]]:
@@ -141,6 +143,7 @@ def _pending(rows: Sequence[Any]) -> list[Pending]:
             r.task_name,
             r.queue,
             r.not_before,
+            getattr(r, "definition_version", 1),
         )
         for r in rows
     ]
@@ -160,13 +163,15 @@ def _pending_select() -> Any:
         st.task_name,
         st.queue,
         st.not_before,
+        s.definition_version,
     ).select_from(t.steps.join(t.sagas, s.saga_id == st.saga_id))
 
 
 def take_due(
-    db: sa.Engine, now: datetime, saga_types: Collection[str], limit: int
+    db: sa.Engine, now: datetime, definitions: Collection[tuple[str, int]], limit: int
 ) -> list[Pending]:
-    """Mark sent and return the unsent messages that are due, of the given saga types."""
+    """Mark sent and return the unsent messages that are due, of sagas that run one of the
+    given definitions (saga type, version): those of other versions wait for theirs."""
     st = t.steps.c
     with db.begin() as conn:
         rows = conn.execute(
@@ -175,7 +180,7 @@ def take_due(
                 st.sent_at.is_(None),
                 st.status.in_(BUSY_STATUSES),
                 st.not_before <= now,
-                t.sagas.c.saga_type.in_(list(saga_types)),
+                sa.tuple_(t.sagas.c.saga_type, t.sagas.c.definition_version).in_(list(definitions)),
             )
             .order_by(st.not_before)
             .limit(limit)

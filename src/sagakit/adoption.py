@@ -1,0 +1,50 @@
+"""`adopt(app)`: a service's own Celery app runs its existing, unchanged tasks as saga steps.
+
+One line in the module that makes the app (the task modules stay as they are)::
+
+    app = Celery("shop", broker=...)
+    sagakit.adopt(app)
+
+In a worker that can reach the saga log (``SAGAKIT_DATABASE_URL`` is set), step outcomes
+are written there as a ``@saga_task``'s are, with the saga definitions of
+``SAGAKIT_IMPORTS``; elsewhere they go to the ``sagakit`` queue, where a sagakit worker
+records them. How the outcome is learnt: `runtime.adopted`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .environ import DATABASE_URL
+from .runtime.adopted import install
+from .runtime.app import bind_engine
+from .settings import Settings, load_settings
+from .system import System
+
+
+def adopt(app: Any, *, saga_log: bool | None = None, settings: Settings | None = None) -> None:
+    """Let `app`'s workers run existing tasks as saga steps and report their outcomes.
+
+    `saga_log`: write outcomes to the saga log (default: when `settings` are given or
+    ``SAGAKIT_DATABASE_URL`` or ``POSTGRES_HOST`` is set); else send them to the sagakit
+    queue. The app's ``task_routes`` also route the steps that name no queue.
+    """
+    install()
+    if saga_log is None:
+        saga_log = settings is not None or any(
+            k.upper() in (DATABASE_URL, "POSTGRES_HOST") for k in os.environ
+        )
+    if not saga_log:
+        return
+    built = settings or load_settings()
+    holder: list[System] = []
+
+    def engine() -> Any:
+        # Built on first use, in the worker: the saga modules may import this app's module.
+        if not holder:
+            routes = app.conf.task_routes
+            holder.append(System(built, migrate=False, routes=[routes] if routes else []))
+        return holder[0].process.engine
+
+    bind_engine(app, engine, record_patience=built.record_patience)
