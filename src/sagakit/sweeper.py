@@ -105,7 +105,13 @@ class Sweeper:
         if self.identity is None:
             return
         held = tuple(self.holdings())
-        heartbeat = Beat(self.identity.name, self.identity.pid, self.identity.started_at, held)
+        heartbeat = Beat(
+            self.identity.name,
+            self.identity.pid,
+            self.identity.started_at,
+            held,
+            tuple(self.engine.versions),
+        )
         previous = recovery.beat(self.db, heartbeat, self.engine.clock())
         if previous is not None:
             mine = {h.task_id for h in held}

@@ -36,7 +36,9 @@ def make_celery(
     broker_url: str, *, visibility_timeout: float = 3600.0, name: str = "sagakit"
 ) -> Any:
     """Create the Celery app used by sagakit workers and dispatchers."""
-    app = Celery(name, broker=broker_url, set_as_current=False)
+    # sagakit.record_outcome is registered in every worker, whatever its step tasks are
+    # (existing tasks run as steps import nothing of sagakit's tasks).
+    app = Celery(name, broker=broker_url, set_as_current=False, include=["sagakit.runtime.tasks"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

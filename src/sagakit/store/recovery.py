@@ -38,6 +38,8 @@ class Beat:
     pid: int
     started_at: datetime
     held: tuple[Held, ...] = ()
+    definitions: tuple[tuple[str, int], ...] = ()
+    """The (saga type, version) pairs the worker can advance."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ def beat(db: sa.Engine, heartbeat: Beat, now: datetime) -> WorkerRow | None:
         "beat_at": now,
         "running": _encode(h for h in heartbeat.held if h.started is not None),
         "reserved": _encode(h for h in heartbeat.held if h.started is None),
+        "definitions": [list(d) for d in sorted(heartbeat.definitions)],
     }
     with db.begin() as conn:
         old = conn.execute(

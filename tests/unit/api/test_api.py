@@ -478,7 +478,7 @@ class TestOpenApi:
             assert path in paths, path
         assert set(paths["/api/sagas"]) == {"get", "post"}
         start_op = paths["/api/sagas"]["post"]
-        assert set(start_op["responses"]) == {"202", "400", "422"}
+        assert set(start_op["responses"]) == {"202", "400", "409", "422"}
         # One saga type registered: the body is documented as that type's own start body.
         assert start_op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
             "/StartSlam"

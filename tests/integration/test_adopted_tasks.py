@@ -1,0 +1,158 @@
+"""Existing Celery tasks as saga steps, on the shop's own worker, with its module unchanged.
+
+The shop's worker is ``celery -A tests.support.shop_app worker`` (its app calls
+``sagakit.adopt(app)``; `shop_tasks` has no sagakit import). With the saga log it writes
+the outcomes itself; without it (``remote``) it sends them to the sagakit queue.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from sagakit import Settings, System
+from tests.integration.conftest import worker_env
+from tests.support.client import Client
+from tests.support.cluster import ROOT, Cluster, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
+CELERY = str(Path(sys.executable).parent / "celery")
+
+
+@dataclass
+class Shop:
+    client: Client
+    cluster: Cluster
+    log: Path
+    """The shop worker's log."""
+    with_log: bool
+    """Whether the shop's worker reaches the saga log."""
+
+
+@pytest.fixture(scope="module", params=["saga log", "remote"])
+def shop(
+    request: pytest.FixtureRequest,
+    pg_url: str,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Shop]:
+    logdir = tmp_path_factory.mktemp("shop")
+    cluster = Cluster(worker_env(pg_url, redis_url), logdir)
+    cluster.env["SAGAKIT_IMPORTS"] = "tests.support.shop_sagas"
+    env = {**cluster.env, "SHOP_BROKER_URL": redis_url}
+    if request.param == "remote":
+        del env["SAGAKIT_DATABASE_URL"]
+    log_path = logdir / "shop.log"
+    log = log_path.open("wb")
+    service = subprocess.Popen(
+        [
+            CELERY,
+            "-A",
+            "tests.support.shop_app",
+            "worker",
+            "-Q",
+            "shop,payments",
+            "-c",
+            "2",
+            "--hostname",
+            "shop@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    cluster.procs.append(service)
+    system = System(
+        Settings(
+            database_url=pg_url,
+            broker_url=redis_url,
+            imports=["tests.support.shop_sagas"],
+            redrive_after=4.0,
+            timeout_grace=1.0,
+        )
+    )
+    try:
+        wait_for(lambda: b" ready." in log_path.read_bytes(), 60, "the shop's worker")
+        cluster.start("-Q", "sagakit", "-c", "1", name="recorder")
+        yield Shop(Client(system), cluster, log_path, request.param == "saga log")
+    finally:
+        system.close()
+        cluster.stop()
+
+
+def test_a_step_is_the_existing_task_on_its_own_queue(shop: Shop) -> None:
+    client, cluster = shop.client, shop.cluster
+    input = {"sku": "book", "qty": 2, "amount": 30, "address": "home", "flaky": True}
+    saga_id = client.start("order", input).saga_id
+    assert client.wait(saga_id, timeout=60).status == "completed", cluster.logs()
+    runs = {a.step: a for a in client.attempts(saga_id)}
+    assert {s: (a.task_name, a.queue) for s, a in runs.items()} == {
+        "reserve": ("shop.reserve", "shop"),
+        "charge": ("shop.charge", "payments"),
+        "ship": ("shop.ship", "shop"),
+    }
+    assert runs["reserve"].output == {"reservation_id": "r-book-2"}
+    assert runs["charge"].output == {"charge_id": f"ch-{saga_id}", "amount": 30}
+    # Celery's own retry (autoretry_for) ran inside the one attempt sagakit sent.
+    assert runs["ship"].output == {"tracking": f"t-{saga_id}", "to": "home", "tries": 2}
+    assert [a.attempt for a in runs.values()] == [1, 1, 1]
+    assert all((a.worker or "").startswith("shop@") for a in runs.values())
+
+
+def test_compensations_take_their_arguments_from_the_steps_outputs(
+    shop: Shop,
+) -> None:
+    client, cluster = shop.client, shop.cluster
+    declined = client.start("order", {"sku": "pen", "qty": 1, "amount": 500, "address": "x"})
+    lost = client.start("order", {"sku": "cup", "qty": 3, "amount": 20, "address": "nowhere"})
+    for started in (declined, lost):
+        assert client.wait(started.saga_id, timeout=60).status == "compensated", cluster.logs()
+    failed = {a.step: a for a in client.attempts(declined.saga_id) if a.direction == "action"}
+    assert "ValueError: card declined for 500" in (failed["charge"].error or "")
+    undo = [a for a in client.attempts(lost.saga_id) if a.direction == "compensation"]
+    assert [(a.step, a.task_name, a.status) for a in undo] == [
+        ("charge", "shop.refund", "succeeded"),
+        ("reserve", "shop.release", "succeeded"),
+    ]
+    history = [
+        (h.event, h.step, (h.detail or {}).get("output"))
+        for h in client.history(lost.saga_id)
+        if h.event == "step_compensated"
+    ]
+    assert history == [
+        ("step_compensated", "charge", {"refunded": f"ch-{lost.saga_id}"}),
+        ("step_compensated", "reserve", {"released": "r-cup-3"}),
+    ]
+
+
+def test_a_copy_of_a_finished_attempt_does_not_run(shop: Shop) -> None:
+    client, cluster, log = shop.client, shop.cluster, shop.log
+    if not shop.with_log:
+        pytest.skip("a worker without the saga log cannot check a delivery")
+    saga_id = client.start("order", {"sku": "hat", "qty": 1, "amount": 5, "address": "h"}).saga_id
+    assert client.wait(saga_id, timeout=60).status == "completed", cluster.logs()
+    engine = client.system.engine
+    saga = engine.definition("order")
+    first = next(a for a in client.attempts(saga_id) if a.step == "reserve")
+    now = datetime.now(UTC)
+    copy = engine.message(saga, saga_id, "reserve", "action", 1, None, first.task_id, now)
+    assert engine.send([copy]) == 1
+    wait_for(
+        lambda: f"Discarding revoked task: shop.reserve[{first.task_id}]" in log.read_text(),
+        30,
+        "the copy to be dropped",
+    )
+    assert log.read_text().count(f"shop.reserve[{first.task_id}] succeeded") == 1
