@@ -30,6 +30,7 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
+from .core.errors import VersionNotDeployed
 from .core.events import CompensationFailed, DeadlineExceeded, Direction, Event, StepTimedOut
 from .engine import Engine
 from .journal import Attempt
@@ -288,6 +289,9 @@ class Sweeper:
         for saga_id in recovery.overdue_sagas(self.db, now, self.batch):
             try:
                 decision = self.engine.record(saga_id, DeadlineExceeded())
+            except VersionNotDeployed as exc:  # applied by a worker that has the version
+                logger.debug("deadline of %s not applied: %s", saga_id, exc)
+                continue
             except Exception as exc:
                 logger.warning("deadline of %s not applied: %s", saga_id, exc)
                 continue
