@@ -17,6 +17,7 @@ from .logs import configure_logging
 from .outages import BROKER, unreachable
 from .queries import Queries
 from .registry import discover_all, newest, task_routes
+from .runtime.adopted import install as install_adopted
 from .runtime.app import SAGAKIT_QUEUE, bind_engine, engine_for, make_celery
 from .runtime.dispatch import BrokerWatch, dispatcher_for
 from .runtime.probe import BrokerProbe
@@ -66,6 +67,7 @@ class System:
         if migrate:
             upgrade_database(self.settings.database_url)
         self._process: _Process | None = None
+        install_adopted()  # existing tasks that are steps report to this worker's engine too
         bind_engine(
             self.celery,
             lambda: self.process.engine,
