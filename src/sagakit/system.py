@@ -109,10 +109,17 @@ class System:
 
     @property
     def queues(self) -> set[str]:
-        """Every queue a registered saga uses, plus sagakit's own."""
+        """Every queue a registered saga's ``@saga_task`` steps use, plus sagakit's own:
+        what sagakit's workers serve. A step whose action and compensation are existing
+        tasks (`Step.args`) is served by its service's own worker (`sagakit.adopt`)."""
         queues = {SAGAKIT_QUEUE}
         for saga in self.versions:
-            queues |= saga.queues
+            for step in saga.all_steps():
+                plain = step.args is not None and (
+                    step.compensation is None or step.compensation_args is not None
+                )
+                if not plain:
+                    queues.add(step.queue_name)
         return queues
 
     def _build(self) -> _Process:

@@ -52,3 +52,24 @@ def test_a_saga_is_advanced_by_its_own_version_only(db_url: str) -> None:
         only.cancel(saga_id)
     assert rig.queries.get(saga_id).status == "running"
     assert rig.queries.steps(saga_id)[-1].state.status == "running"
+
+
+def test_the_read_side_tells_a_saga_whose_version_no_live_worker_has(db_url: str) -> None:
+    old = Rig(db_url, {"order": V1})
+    stranded = old.engine.start("order", {}).saga_id
+    new = Rig(db_url, {"order": V2})
+    current = new.engine.start("order", {}).saga_id
+    queries = new.queries
+    assert queries.deployed() is None  # no worker has said yet
+    assert queries.detail(stranded)["definition_deployed"] is None
+    new.sweeper.beat()  # a worker with version 2 only
+    assert queries.deployed() == {"order": {2}}
+    assert queries.detail(stranded)["definition_deployed"] is False
+    assert queries.detail(current)["definition_deployed"] is True
+    listed, _ = queries.page(saga_type="order")
+    assert {v["id"]: v["definition_deployed"] for v in listed} == {
+        stranded: False,
+        current: True,
+    }
+    old.sweeper_for("w2@test", pid=200).beat()  # and one with version 1
+    assert queries.detail(stranded)["definition_deployed"] is True

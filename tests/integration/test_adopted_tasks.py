@@ -110,6 +110,8 @@ def test_a_step_is_the_existing_task_on_its_own_queue(shop: Shop) -> None:
     assert runs["ship"].output == {"tracking": f"t-{saga_id}", "to": "home", "tries": 2}
     assert [a.attempt for a in runs.values()] == [1, 1, 1]
     assert all((a.worker or "").startswith("shop@") for a in runs.values())
+    # The shop's queues are its own worker's: sagakit's workers (and `sagakit up`) leave them.
+    assert client.system.queues == {"sagakit"}
 
 
 def test_compensations_take_their_arguments_from_the_steps_outputs(
