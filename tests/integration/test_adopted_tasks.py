@@ -20,6 +20,7 @@ from sagakit import Settings, System
 from tests.integration.conftest import worker_env
 from tests.support.client import Client
 from tests.support.cluster import ROOT, Cluster, wait_for
+from tests.support.history import steps_with
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 CELERY = str(Path(sys.executable).parent / "celery")
@@ -158,3 +159,12 @@ def test_a_copy_of_a_finished_attempt_does_not_run(shop: Shop) -> None:
         "the copy to be dropped",
     )
     assert log.read_text().count(f"shop.reserve[{first.task_id}] succeeded") == 1
+
+
+def test_the_tasks_own_time_limit_times_its_attempt_out(shop: Shop) -> None:
+    client, cluster = shop.client, shop.cluster
+    quick = client.start("weighing", {"sku": "tea"}).saga_id
+    slow = client.start("weighing", {"sku": "tea", "seconds": 3}).saga_id
+    assert client.wait(quick, timeout=60).status == "completed", cluster.logs()
+    assert client.wait(slow, timeout=60).status == "compensated", cluster.logs()
+    assert steps_with(client, slow, "step_timed_out") == ["weigh"]

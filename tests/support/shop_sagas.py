@@ -39,4 +39,19 @@ order = Saga(
     ],
 )
 
-__all__ = ["order", "task_routes"]
+__all__ = ["order", "task_routes", "weighing"]
+
+weighing = Saga(
+    "weighing",
+    [
+        Step(
+            "weigh",
+            action="shop.weigh",
+            compensation="shop.release",
+            args={"sku": "input.sku", "seconds": "input.seconds"},
+            compensation_args={"reservation": "input.sku"},
+            retry=ONCE,
+            timeout=20,
+        )
+    ],
+)

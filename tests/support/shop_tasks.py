@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from tests.support.shop_app import app
 
 
@@ -41,3 +43,9 @@ def ship(self, order_id: str, address: str, flaky: bool = False) -> dict[str, ob
     if address == "nowhere":
         raise ValueError("no carrier goes there")
     return {"tracking": f"t-{order_id}", "to": address, "tries": self.request.retries + 1}
+
+
+@app.task(name="shop.weigh", soft_time_limit=0.5)
+def weigh(sku: str, seconds: float = 0.0) -> dict[str, object]:
+    time.sleep(seconds)
+    return {"grams": 250}
