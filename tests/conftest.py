@@ -24,7 +24,19 @@ if CI:
 PG_ADMIN_URL = os.environ.get(
     "SAGAKIT_TEST_DATABASE_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres"
 )
-REDIS_URL = os.environ.get("SAGAKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+
+
+def _redis_url() -> str:
+    """The Redis database of this test process: under pytest-xdist, one per worker (gw0 +0...)."""
+    url = os.environ.get("SAGAKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return url
+    base, _, db = url.rpartition("/")
+    return f"{base}/{int(db or 0) + int(worker[2:])}"
+
+
+REDIS_URL = _redis_url()
 
 
 def _unavailable(what: str, why: Exception) -> None:

@@ -31,6 +31,9 @@ def adopt(app: Any, *, saga_log: bool | None = None, settings: Settings | None =
     queue. The app's ``task_routes`` also route the steps that name no queue.
     """
     install()
+    if getattr(app, "sagakit_message_key", None) is None:
+        key = settings.message_key if settings is not None else None
+        app.sagakit_message_key = key or os.environ.get("SAGAKIT_MESSAGE_KEY") or None
     if saga_log is None:
         saga_log = settings is not None or any(
             k.upper() in (DATABASE_URL, "POSTGRES_HOST") for k in os.environ

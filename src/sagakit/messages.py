@@ -117,6 +117,32 @@ def unseal(key: bytes, task_id: str, kwargs: Mapping[str, Any], header: Any) -> 
     return state
 
 
+SIGNATURE_HEADER = "sagakit_signature"
+"""Message header with a signature of the message (task id, kwargs, carried state) made with
+the deployment's shared key (`Settings.message_key`, ``SAGAKIT_MESSAGE_KEY``), set only when
+a key is configured. Workers bound to the saga log need none (the log says which attempts
+it scheduled); workers without it run only messages whose signature holds, and sign the
+outcomes they report to the ``sagakit`` queue, which the sagakit workers check in turn."""
+
+
+def signature(key: bytes, task_id: str, kwargs: Mapping[str, Any], state: str | None) -> str:
+    """The SIGNATURE_HEADER value of a message: HMAC-SHA256 (128 bits), hex."""
+    return _mac(key, task_id, kwargs, state or "")
+
+
+def signed(key: bytes, task_id: str, kwargs: Mapping[str, Any], state: Any, header: Any) -> bool:
+    """Whether `header` is the signature of this message under `key`."""
+    if not isinstance(header, str) or (state is not None and not isinstance(state, str)):
+        return False
+    return hmac.compare_digest(header, signature(key, task_id, kwargs, state))
+
+
+def signed_kwargs(kwargs: Mapping[str, Any], call: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """What a message's signature covers besides its task id and state: the step's kwargs,
+    and an existing task's own kwargs with them (`OutboxMessage.call`)."""
+    return kwargs if call is None else {**kwargs, "call": dict(call)}
+
+
 def _mac(key: bytes, task_id: str, kwargs: Mapping[str, Any], state: str) -> str:
     body = json.dumps(kwargs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     signed = "\n".join((task_id, body, state)).encode()

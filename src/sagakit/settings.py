@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     """Bearer token that allows the /api routes' reads (GET) but no writes; needs api_token."""
     api_protect_system: bool = False
     """Require a token (either one) on /healthz and /metrics too, when api_token is set."""
+    message_key: str | None = None
+    """Shared key that signs every step message (and the outcomes workers without the saga
+    log report back). Set it in every process of a deployment that has workers without the
+    saga log: those run only messages signed with it. Workers bound to the log do not need
+    it; they run only attempts the log scheduled."""
     imports: Annotated[list[str], NoDecode] = ["sagakit_examples.slam"]
     """Modules holding saga definitions and step tasks (comma separated)."""
     events_stream: str = "sagakit:events"

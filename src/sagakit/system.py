@@ -56,7 +56,9 @@ class System:
         self.settings = settings or load_settings()
         modules = [*self.settings.imports, *imports]
         self.celery = make_celery(
-            self.settings.broker_url, visibility_timeout=self.settings.visibility_timeout
+            self.settings.broker_url,
+            visibility_timeout=self.settings.visibility_timeout,
+            message_key=self.settings.message_key,
         )
         self.celery.conf.task_routes = [*routes, *task_routes(modules)]
         self.versions = [saga.routed(self._route) for saga in discover_all(modules)]
@@ -137,6 +139,7 @@ class System:
             maxlen=settings.events_maxlen,
             time_limits=settings.time_limits,
             grace=settings.timeout_grace,
+            key=settings.message_key.encode() if settings.message_key else None,
         )
         engine = Engine(
             SqlLog(make_db(settings.database_url, autocommit=True)),

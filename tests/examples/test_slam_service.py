@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from sagakit_examples.slam.tables import allocations, maps, plans, scans, utcnow
 from sagakit_examples.slam.world import generate_world
 from tests.support.slam import Mission, slam_system
 
+SAGAKIT = str(Path(sys.executable).parent / "sagakit")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FORWARD = ("allocate_robots", "plan_routes", "explore[0]", "explore[1]", "explore[2]")
 
@@ -184,6 +189,47 @@ def test_an_operator_retry_finishes_the_compensation(mission: Mission) -> None:
         "allocate_robots",
     ]
     assert mission.events(record.saga_id, "saga_resumed") == ["plan_routes"]
+    assert mission.held() == []
+    assert mission.count(plans) == 0
+
+
+def test_an_operator_lifts_a_permanent_fault_and_the_retry_compensates(
+    mission: Mission,
+) -> None:
+    """A fault injected in the input is there for good; lifted in the planning service's
+    own database (the installed ``sagakit faults lift``), the next retry goes through."""
+    faults = {"fail_at": "integrate_maps", "compensation_fail": {"plan_routes": 99}}
+    record = mission.run(faults=faults)
+    assert record.status == "failed"
+    mission.engine.retry(record.saga_id)
+    assert mission.system.queries.wait(record.saga_id, timeout=30).status == "failed"
+
+    def sagakit(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [SAGAKIT, *args], capture_output=True, text=True, timeout=60, env=dict(os.environ)
+        )
+
+    refused = sagakit("faults", "lift", record.saga_id, "--step", "teleport", "--reason", "x")
+    assert refused.returncode == 2
+    assert "--step: unknown step 'teleport'" in refused.stderr
+    lifted = sagakit(
+        "faults", "lift", record.saga_id, "--step", "plan_routes",
+        "--reason", "planner fixed by hand", "--by", "ana",
+    )  # fmt: skip
+    assert lifted.returncode == 0, lifted.stderr
+    assert f"sagakit retry {record.saga_id}" in lifted.stdout
+    shown = json.loads(sagakit("faults", "list", record.saga_id, "--json").stdout)
+    assert [(r["service"], r["step"], r["lifted_by"], r["reason"]) for r in shown] == [
+        ("planning", "plan_routes", "ana", "planner fixed by hand")
+    ]
+
+    mission.engine.retry(record.saga_id)
+    record = mission.system.queries.wait(record.saga_id, timeout=30)
+    assert record.status == "compensated", record.reason
+    assert mission.events(record.saga_id, "step_compensated")[-2:] == [
+        "plan_routes",
+        "allocate_robots",
+    ]
     assert mission.held() == []
     assert mission.count(plans) == 0
 

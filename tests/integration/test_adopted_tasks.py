@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from sagakit import Settings, System
+from sagakit.runtime.dispatch import CeleryDispatcher
 from tests.integration.conftest import worker_env
 from tests.support.client import Client
 from tests.support.cluster import ROOT, Cluster, wait_for
@@ -24,6 +26,7 @@ from tests.support.history import steps_with
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 CELERY = str(Path(sys.executable).parent / "celery")
+KEY = "a-key-shared-by-every-process"
 
 
 @dataclass
@@ -47,8 +50,11 @@ def shop(
     cluster = Cluster(worker_env(pg_url, redis_url), logdir)
     cluster.env["SAGAKIT_IMPORTS"] = "tests.support.shop_sagas"
     env = {**cluster.env, "SHOP_BROKER_URL": redis_url}
+    key = None
     if request.param == "remote":
         del env["SAGAKIT_DATABASE_URL"]
+        key = KEY  # a worker without the saga log runs only signed messages
+        env["SAGAKIT_MESSAGE_KEY"] = cluster.env["SAGAKIT_MESSAGE_KEY"] = KEY
     log_path = logdir / "shop.log"
     log = log_path.open("wb")
     service = subprocess.Popen(
@@ -83,6 +89,7 @@ def shop(
             imports=["tests.support.shop_sagas"],
             redrive_after=4.0,
             timeout_grace=1.0,
+            message_key=key,
         )
     )
     try:
@@ -168,3 +175,36 @@ def test_the_tasks_own_time_limit_times_its_attempt_out(shop: Shop) -> None:
     assert client.wait(quick, timeout=60).status == "completed", cluster.logs()
     assert client.wait(slow, timeout=60).status == "compensated", cluster.logs()
     assert steps_with(client, slow, "step_timed_out") == ["weigh"]
+
+
+def test_without_the_log_only_signed_messages_run(shop: Shop) -> None:
+    client, log = shop.client, shop.log
+    if shop.with_log:
+        pytest.skip("a worker with the saga log asks the log instead")
+    engine = client.system.engine
+    saga_id = uuid.uuid4().hex  # a saga the log never saw
+    task_id = f"{saga_id}.01.reserve.fwd.1"
+    message = engine.message(
+        engine.definition("order"),
+        saga_id,
+        "reserve",
+        "action",
+        1,
+        None,
+        task_id,
+        datetime.now(UTC),
+        {"sku": "forged", "qty": 1},
+    )
+    assert message.call == {"sku": "forged", "qty": 1}
+    assert CeleryDispatcher(client.system.celery).send([message]) == []  # unsigned
+    wait_for(
+        lambda: f"delivery of {task_id} refused: unsigned" in log.read_text(),
+        30,
+        "the shop's worker to refuse the unsigned message",
+    )
+    wait_for(
+        lambda: f"Discarding revoked task: shop.reserve[{task_id}]" in log.read_text(),
+        30,
+        "the unsigned message to be dropped",
+    )
+    assert f"shop.reserve[{task_id}] succeeded" not in log.read_text()

@@ -13,7 +13,7 @@ import pytest
 import redis
 from celery import Celery
 
-from sagakit.messages import OutboxMessage
+from sagakit.messages import SIGNATURE_HEADER, OutboxMessage, signature, signed
 from sagakit.runtime.dispatch import EPOCH_KEY, BrokerWatch, CeleryDispatcher, RedisDispatcher
 from tests.support.redis_server import RedisServer
 
@@ -76,13 +76,14 @@ def _popped(client: redis.Redis, queue: str) -> dict[str, Any]:
 @pytest.mark.parametrize("time_limits", [False, True])
 @pytest.mark.parametrize("timeout", [10.0, None])
 @pytest.mark.parametrize("state", [None, 'f00d.[3,["é"]]'])
+@pytest.mark.parametrize("key", [None, b"shared"])
 def test_a_step_message_is_the_one_celery_and_kombu_would_push(
-    broker: str, time_limits: bool, timeout: float | None, state: str | None
+    broker: str, time_limits: bool, timeout: float | None, state: str | None, key: bytes | None
 ) -> None:
     app = _app(broker)
     client = redis.Redis.from_url(broker)
-    celery_made = CeleryDispatcher(app, time_limits=time_limits, grace=2.0)
-    ours = RedisDispatcher(app, time_limits=time_limits, grace=2.0)
+    celery_made = CeleryDispatcher(app, time_limits=time_limits, grace=2.0, key=key)
+    ours = RedisDispatcher(app, time_limits=time_limits, grace=2.0, key=key)
     assert celery_made.send([_message("via-kombu", timeout=timeout, state=state)]) == []
     assert ours.send([_message("direct", timeout=timeout, state=state)]) == []
     expected, pushed = _popped(client, "via-kombu"), _popped(client, "direct")
@@ -91,6 +92,19 @@ def test_a_step_message_is_the_one_celery_and_kombu_would_push(
     assert pushed["headers"]["timelimit"] == (
         [timeout + 4.0, timeout] if time_limits and timeout else [None, None]
     )
+    sent = _message("direct", timeout=timeout, state=state)
+    assert pushed["headers"].get(SIGNATURE_HEADER) == (
+        None if key is None else signature(key, sent.task_id, pushed["body"][1], state)
+    )
+    if key is not None:
+        assert signed(
+            key, sent.task_id, pushed["body"][1], state, pushed["headers"][SIGNATURE_HEADER]
+        )
+        assert not signed(
+            b"other", sent.task_id, pushed["body"][1], state, pushed["headers"][SIGNATURE_HEADER]
+        )
+        tampered = {**pushed["body"][1], "attempt": 7}
+        assert not signed(key, sent.task_id, tampered, state, pushed["headers"][SIGNATURE_HEADER])
 
 
 @pytest.mark.parametrize("time_limits", [False, True])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 CELERY = str(Path(sys.executable).parent / "celery")
 
 
-@pytest.fixture
-def remote(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Client, Cluster]]:
+@contextmanager
+def remote_stack(
+    pg_url: str, redis_url: str, tmp_path: Path, **extra: str
+) -> Iterator[tuple[Client, Cluster]]:
+    """A service worker with no saga log on the ``work`` queue, a sagakit worker that
+    records its outcomes, and a client; `extra` is added to every process's environment."""
     broker = redis_url.rsplit("/", 1)[0] + "/13"
-    cluster = Cluster(worker_env(pg_url, broker), tmp_path)
+    cluster = Cluster({**worker_env(pg_url, broker), **extra}, tmp_path)
     # The service worker: a plain Celery app, no database settings at all.
     env = {k: v for k, v in cluster.env.items() if k != "SAGAKIT_DATABASE_URL"}
     log = (tmp_path / "service.log").open("wb")
@@ -49,17 +54,27 @@ def remote(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Client
         start_new_session=True,
     )
     cluster.procs.append(service)
-    wait_for(
-        lambda: b" ready." in (tmp_path / "service.log").read_bytes(), 60, "the service worker"
-    )
-    cluster.start("-Q", "sagakit", "-c", "1", name="recorder")
-    system = client_system(cluster.env)
     try:
-        yield Client(system), cluster
+        wait_for(
+            lambda: b" ready." in (tmp_path / "service.log").read_bytes(),
+            60,
+            "the service worker",
+        )
+        cluster.start("-Q", "sagakit", "-c", "1", name="recorder")
+        system = client_system(cluster.env)
+        try:
+            yield Client(system), cluster
+        finally:
+            system.close()
     finally:
-        system.close()
         cluster.stop()
         log.close()
+
+
+@pytest.fixture
+def remote(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Client, Cluster]]:
+    with remote_stack(pg_url, redis_url, tmp_path) as stack:
+        yield stack
 
 
 def test_outcomes_travel_through_the_sagakit_queue(remote: tuple[Client, Cluster]) -> None:

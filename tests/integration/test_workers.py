@@ -216,7 +216,7 @@ def test_a_forged_message_runs_no_step(client: Client, cluster: Cluster) -> None
         return [line for line in cluster.logs().splitlines() if saga_id in line]
 
     wait_for(
-        lambda: any("delivery ignored" in line for line in about_it()),
+        lambda: any("delivery refused" in line for line in about_it()),
         30,
         "the workers to drop the forged message",
     )
@@ -225,6 +225,40 @@ def test_a_forged_message_runs_no_step(client: Client, cluster: Cluster) -> None
     assert not any("performing" in line for line in lines), lines
     with pytest.raises(SagaNotFound):
         client.get(saga_id)
+
+
+def test_a_message_of_an_unknown_saga_type_runs_only_if_the_log_scheduled_it(
+    client: Client, cluster: Cluster, tmp_path: Path
+) -> None:
+    """A worker bound to the saga log that lacks the message's saga type (a forged type,
+    or a definition deployed elsewhere) asks the log before it runs the step."""
+    system = client.system
+    saga_id = uuid.uuid4().hex
+    touched = tmp_path / "ran"
+    message = system.engine.message(
+        system.engine.sagas["linear"],
+        saga_id,
+        "a",
+        "action",
+        1,
+        None,
+        f"{saga_id}.01.a.fwd.1",
+        datetime.now(UTC),
+        {"faults": {"a": [f"done:{touched}"]}},
+    )
+    ghost = replace(message, kwargs={**message.kwargs, "saga_type": "ghost"}, state=None)
+    assert system.engine.dispatcher is not None
+    assert system.engine.dispatcher.send([ghost]) == []
+
+    def about_it() -> list[str]:
+        return [line for line in cluster.logs().splitlines() if saga_id in line]
+
+    wait_for(
+        lambda: any("delivery refused: the saga log never scheduled it" in x for x in about_it()),
+        30,
+        "the workers to refuse the message",
+    )
+    assert not touched.exists(), about_it()
 
 
 def test_a_late_redelivery_of_a_finished_attempt_runs_nothing(

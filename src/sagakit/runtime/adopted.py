@@ -35,15 +35,18 @@ from ..core.inputs import jsonable
 from ..logs import saga_context
 from ..messages import (
     CHECKED_HEADER,
+    SIGNATURE_HEADER,
     STATE_HEADER,
     STEP_HEADER,
     BadMessage,
     StepKwargs,
     decode,
+    signed,
+    signed_kwargs,
     unseal,
 )
 from ..store.log import Snapshot
-from .app import engine_for
+from .app import engine_for, message_key
 from .outcomes import Outcome, failure, hand_over, record
 
 logger = logging.getLogger(__name__)
@@ -83,10 +86,15 @@ def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
         logger.warning("%s; not run", exc)
         worker_state.revoked.add(task_id)
         return
-    engine = engine_for(request.task.app)
-    if engine is None or message["saga_type"] not in engine.sagas:
-        return  # the pool process sends the outcome to the sagakit queue
+    app = request.task.app
+    engine = engine_for(app)
     with saga_context(message["saga_id"], step=message["step"], attempt=message["attempt"]):
+        if engine is None:
+            # No saga log here: run what the orchestrator signed (when the deployment has
+            # a key); the pool process sends the outcome to the sagakit queue.
+            if not _signed(app, request, headers, message):
+                worker_state.revoked.add(task_id)
+            return
         try:
             snapshot = _snapshot(engine, request, headers, message)
         except Exception as exc:  # the log is out of reach: run it, record it later
@@ -95,6 +103,8 @@ def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
         if snapshot is None:
             worker_state.revoked.add(task_id)
             return
+        if message["saga_type"] not in engine.sagas:
+            return  # scheduled, of a type not defined here: the outcome is handed over
         head = snapshot.state
         if not engine.deployed(head.saga_type, head.definition_version):
             logger.warning(
@@ -105,6 +115,38 @@ def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
             worker_state.revoked.add(task_id)
             return
         headers[CHECKED_HEADER] = snapshot.encode()
+
+
+_unsigned_warned = False
+
+
+def _signed(app: Any, request: Any, headers: dict[str, Any], message: StepKwargs) -> bool:
+    """Whether a worker without the saga log may run this message: signed with the
+    deployment's key when it has one (`Settings.message_key`), over the step's kwargs and
+    the task's own; else any message (said once)."""
+    global _unsigned_warned
+    key = message_key(app)
+    if key is None:
+        if not _unsigned_warned:
+            _unsigned_warned = True
+            logger.warning(
+                "this worker cannot reach the saga log and has no message key: it runs every "
+                "step message the broker delivers; set SAGAKIT_MESSAGE_KEY (docs/deployment.md)"
+            )
+        return True
+    header = headers.get(SIGNATURE_HEADER)
+    covered = signed_kwargs(message_fields(headers), dict(request.kwargs or {}))
+    if signed(key, str(request.id), covered, headers.get(STATE_HEADER), header):
+        return True
+    why = "unsigned" if header is None else "its signature does not hold"
+    logger.warning("delivery of %s refused: %s (SAGAKIT_MESSAGE_KEY)", request.id, why)
+    return False
+
+
+def message_fields(headers: dict[str, Any]) -> dict[str, Any]:
+    """The step's kwargs as the sender put them in the STEP_HEADER."""
+    step = headers.get(STEP_HEADER)
+    return dict(step) if isinstance(step, dict) else {}
 
 
 def _snapshot(

@@ -33,12 +33,22 @@ SAGAKIT_QUEUE = "sagakit"
 
 
 def make_celery(
-    broker_url: str, *, visibility_timeout: float = 3600.0, name: str = "sagakit"
+    broker_url: str,
+    *,
+    visibility_timeout: float = 3600.0,
+    name: str = "sagakit",
+    message_key: str | None = None,
 ) -> Any:
-    """Create the Celery app used by sagakit workers and dispatchers."""
+    """Create the Celery app used by sagakit workers and dispatchers.
+
+    `message_key` (default: ``SAGAKIT_MESSAGE_KEY`` from the environment) is the shared key
+    of `Settings.message_key`: a service's own app, with no saga log, runs only step
+    messages signed with it, and signs the outcomes it reports.
+    """
     # sagakit.record_outcome is registered in every worker, whatever its step tasks are
     # (existing tasks run as steps import nothing of sagakit's tasks).
     app = Celery(name, broker=broker_url, set_as_current=False, include=["sagakit.runtime.tasks"])
+    app.sagakit_message_key = message_key or os.environ.get("SAGAKIT_MESSAGE_KEY") or None
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -94,6 +104,12 @@ def bind_engine(app: Any, factory: Callable[[], Engine], *, record_patience: flo
     """
     app.sagakit_engine = EngineSlot(factory)
     app.sagakit_record_patience = record_patience
+
+
+def message_key(app: Any) -> bytes | None:
+    """The shared key that signs step messages and reports on `app`, if it has one."""
+    key = getattr(app, "sagakit_message_key", None)
+    return key.encode() if isinstance(key, str) and key else None
 
 
 def record_patience(app: Any) -> float:

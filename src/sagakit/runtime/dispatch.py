@@ -31,7 +31,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..journal import Entry
-from ..messages import STATE_HEADER, STEP_HEADER, TIMEOUT_HEADER, OutboxMessage
+from ..messages import (
+    SIGNATURE_HEADER,
+    STATE_HEADER,
+    STEP_HEADER,
+    TIMEOUT_HEADER,
+    OutboxMessage,
+    signature,
+    signed_kwargs,
+)
 from ..streams.codec import encode
 
 logger = logging.getLogger(__name__)
@@ -51,10 +59,24 @@ class CeleryDispatcher:
 
     publishes_events = False
 
-    def __init__(self, app: Any, *, time_limits: bool = False, grace: float = 5.0) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        time_limits: bool = False,
+        grace: float = 5.0,
+        key: bytes | None = None,
+    ) -> None:
         self.app = app
         self.time_limits = time_limits
         self.grace = grace
+        self.key = key
+        """`Settings.message_key`: when set, every message carries its SIGNATURE_HEADER."""
+
+    def sign(self, headers: dict[str, Any], m: OutboxMessage, kwargs: Any) -> None:
+        """Add the message's signature to its headers, when the deployment has a key."""
+        if self.key is not None:
+            headers[SIGNATURE_HEADER] = signature(self.key, m.task_id, kwargs, m.state)
 
     def task_message(self, m: OutboxMessage) -> tuple[dict[str, Any], dict[str, Any], Any]:
         """Celery's (headers, properties, body) of one step message."""
@@ -73,6 +95,7 @@ class CeleryDispatcher:
             **limits,
         )
         headers.update(custom_headers(m))
+        self.sign(headers, m, signed_kwargs(m.kwargs, m.call))
         return headers, properties, body
 
     def send(
@@ -120,8 +143,9 @@ class RedisDispatcher(CeleryDispatcher):
         maxlen: int = 100_000,
         time_limits: bool = False,
         grace: float = 5.0,
+        key: bytes | None = None,
     ) -> None:
-        super().__init__(app, time_limits=time_limits, grace=grace)
+        super().__init__(app, time_limits=time_limits, grace=grace, key=key)
         import redis
 
         self.client = redis.Redis.from_url(
@@ -168,6 +192,7 @@ class RedisDispatcher(CeleryDispatcher):
             "stamps": {},
             **custom_headers(m),
         }
+        self.sign(headers, m, signed_kwargs(m.kwargs, m.call))
         body = json.dumps([[], kwargs, _NO_CALLBACKS], separators=(",", ":"))
         return json.dumps(
             {
@@ -241,12 +266,13 @@ def dispatcher_for(
     maxlen: int,
     time_limits: bool,
     grace: float,
+    key: bytes | None = None,
 ) -> CeleryDispatcher:
     """The dispatcher for this broker; with the event stream on the broker's own Redis
     database, it publishes the transitions' entries too."""
     broker = str(app.conf.broker_url or "")
     if broker.split("://", 1)[0] not in ("redis", "rediss"):
-        return CeleryDispatcher(app, time_limits=time_limits, grace=grace)
+        return CeleryDispatcher(app, time_limits=time_limits, grace=grace, key=key)
     same = redis_url is not None and redis_url.rstrip("/") == broker.rstrip("/")
     return RedisDispatcher(
         app,
@@ -254,6 +280,7 @@ def dispatcher_for(
         maxlen=maxlen,
         time_limits=time_limits,
         grace=grace,
+        key=key,
     )
 
 

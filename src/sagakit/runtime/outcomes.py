@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 
 from celery.exceptions import Reject
 
-from ..messages import StepKwargs
+from ..messages import SIGNATURE_HEADER, StepKwargs, signature
 from ..outages import Unreachable, unreachable
-from .app import SAGAKIT_QUEUE, record_patience
+from .app import SAGAKIT_QUEUE, message_key, record_patience
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def hand_over(
         **outcome,
     }
     try:
-        task.app.send_task("sagakit.record_outcome", kwargs=report, queue=SAGAKIT_QUEUE)
+        report_outcome(task.app, report)
     except Exception as exc:
         logger.error(
             "the outcome could be neither recorded nor handed over (%s): the step's message "
@@ -127,6 +127,16 @@ def hand_over(
             str(unreachable(exc) or exc),
         )
         raise Reject(str(exc), requeue=True) from None
+
+
+def report_outcome(app: Any, report: dict[str, Any]) -> None:
+    """Send an outcome report to ``sagakit.record_outcome`` on the sagakit queue, signed with
+    the deployment's message key when it has one (`messages.SIGNATURE_HEADER`)."""
+    key = message_key(app)
+    headers = {}
+    if key is not None:
+        headers[SIGNATURE_HEADER] = signature(key, report["task_id"], report, None)
+    app.send_task("sagakit.record_outcome", kwargs=report, queue=SAGAKIT_QUEUE, headers=headers)
 
 
 def or_requeue(task: Any, what: str, write: Callable[[], T]) -> T:

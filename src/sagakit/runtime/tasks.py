@@ -31,11 +31,20 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from ..core.errors import NonRetryableError, RetryableError
 from ..core.inputs import jsonable
 from ..logs import saga_context
-from ..messages import STATE_HEADER, BadMessage, StepKwargs, decode, parse_task_id, unseal
+from ..messages import (
+    SIGNATURE_HEADER,
+    STATE_HEADER,
+    BadMessage,
+    StepKwargs,
+    decode,
+    parse_task_id,
+    signed,
+    unseal,
+)
 from ..store.log import Snapshot
-from .app import SAGAKIT_QUEUE, engine_for
+from .app import engine_for, message_key
 from .context import LazyInput, LazyResults, StepContext, Unreachable
-from .outcomes import Outcome, failure, or_requeue, record
+from .outcomes import Outcome, failure, or_requeue, record, report_outcome
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +94,20 @@ def execute(
         raise Ignore() from None
     with saga_context(message["saga_id"], step=message["step"], attempt=message["attempt"]):
         engine = engine_for(task.app)
-        if engine is None or message["saga_type"] not in engine.sagas:
-            # No saga log here, or a saga type this worker does not know: let a sagakit
-            # worker record the outcome.
-            _execute_remote(task, fn, message, worker)
+        if engine is None:
+            # No saga log here: run what the orchestrator signed (when the deployment has a
+            # key), and let a sagakit worker record the outcome.
+            if _from_orchestrator(task, kwargs):
+                _execute_remote(task, fn, message, worker)
             return
         log = engine.log
         saga_id, step = message["saga_id"], message["step"]
+        if message["saga_type"] not in engine.sagas:
+            # The saga log is here but not this saga type's definition: run the attempt
+            # only if the log scheduled it, and report the outcome like a remote worker.
+            if _scheduled(task, log, message):
+                _execute_remote(task, fn, message, worker)
+            return
         key = or_requeue(task, "the saga log's key cannot be read", log.state_key)
         snapshot = carried(task.request, kwargs, message, key)
         small_input, item = None, message.get("item")
@@ -101,9 +117,11 @@ def execute(
                 "the saga log cannot check this delivery",
                 lambda: log.check(saga_id, step, message["direction"], message["attempt"]),
             )
-            if check is None or not check.current:
-                why = "the saga log never scheduled it" if check is None else "it is not current"
-                logger.info("delivery ignored: %s", why, extra={"task_id": task_id})
+            if check is None:
+                logger.warning("delivery refused: the saga log never scheduled it")
+                return
+            if not check.current:
+                logger.info("delivery ignored: it is not current", extra={"task_id": task_id})
                 return
             snapshot, small_input, item = (
                 check.snapshot,
@@ -186,6 +204,49 @@ def carried(
     )
 
 
+def _scheduled(task: Any, log: Any, message: StepKwargs) -> bool:
+    """Whether the saga log holds this attempt as outstanding (says why not, if not)."""
+    check = or_requeue(
+        task,
+        "the saga log cannot check this delivery",
+        lambda: log.check(
+            message["saga_id"], message["step"], message["direction"], message["attempt"]
+        ),
+    )
+    if check is None:
+        logger.warning("delivery refused: the saga log never scheduled it")
+        return False
+    if not check.current:
+        logger.info("delivery ignored: it is not current")
+        return False
+    return True
+
+
+_unsigned_warned = False
+
+
+def _from_orchestrator(task: Any, kwargs: Mapping[str, Any]) -> bool:
+    """Whether a worker without the saga log may run this message: signed with the
+    deployment's key when it has one (`Settings.message_key`), else any message."""
+    global _unsigned_warned
+    key = message_key(task.app)
+    request = task.request
+    if key is None:
+        if not _unsigned_warned:
+            _unsigned_warned = True
+            logger.warning(
+                "this worker cannot reach the saga log and has no message key: it runs every "
+                "step message the broker delivers; set SAGAKIT_MESSAGE_KEY (docs/deployment.md)"
+            )
+        return True
+    header = getattr(request, SIGNATURE_HEADER, None)
+    if signed(key, request.id or "", kwargs, getattr(request, STATE_HEADER, None), header):
+        return True
+    why = "unsigned" if header is None else "its signature does not hold"
+    logger.warning("delivery of %s refused: %s (SAGAKIT_MESSAGE_KEY)", request.id, why)
+    return False
+
+
 def _redelivered(request: Any) -> bool:
     delivery = getattr(request, "delivery_info", None) or {}
     return bool(delivery.get("redelivered") or getattr(request, "redelivered", False))
@@ -258,12 +319,12 @@ def _execute_remote(task: Any, fn: StepFunction, message: StepKwargs, worker: st
             retryable=not isinstance(exc, NonRetryableError),
             timed_out=isinstance(exc, SoftTimeLimitExceeded),
         )
-        task.app.send_task("sagakit.record_outcome", kwargs=report, queue=SAGAKIT_QUEUE)
+        report_outcome(task.app, report)
         if isinstance(exc, EXPECTED):
             logger.warning("step failed: %s: %s", type(exc).__name__, exc)
             raise Ignore() from None
         raise
-    task.app.send_task("sagakit.record_outcome", kwargs=report, queue=SAGAKIT_QUEUE)
+    report_outcome(task.app, report)
 
 
 @shared_task(  # type: ignore[untyped-decorator]
@@ -288,6 +349,14 @@ def record_outcome(
         raise RuntimeError("sagakit.record_outcome needs a worker bound to the saga log")
     decoded = decode(task_id, message)
     with saga_context(decoded["saga_id"], step=decoded["step"], attempt=decoded["attempt"]):
+        key = message_key(self.app)
+        if key is not None:
+            header = getattr(self.request, SIGNATURE_HEADER, None)
+            if not signed(key, task_id, self.request.kwargs or {}, None, header):
+                logger.warning(
+                    "outcome of %s refused: not signed with the deployment's message key", task_id
+                )
+                return
         # Acknowledged only once written: while the log is unreachable, retried, and past
         # the patience put back on the queue.
         or_requeue(

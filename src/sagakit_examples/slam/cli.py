@@ -1,8 +1,10 @@
-"""`sagakit robots`: list the fleet; `sagakit robots add` and `retire` change it."""
+"""`sagakit robots`: list the fleet; `sagakit robots add` and `retire` change it.
+`sagakit faults lift` and `list`: the injected faults an operator lifted (`lifting`)."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -12,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import fleet
+from . import fleet, lifting
 from .databases import Databases, SchemaMismatch
 from .settings import Service, SlamSettings
 
@@ -90,6 +92,85 @@ def register_cli(app: typer.Typer) -> None:
             typer.echo(f"{name}: {what}")
 
     app.add_typer(robots, name="robots")
+    app.add_typer(_faults_cli(), name="faults")
+
+
+def _faults_cli() -> typer.Typer:
+    faults = typer.Typer(
+        help="The SLAM mission's injected faults: lift one an operator has dealt with."
+    )
+
+    @faults.command("lift")
+    def lift_(
+        saga_id: Annotated[str, typer.Argument(help="The mission's saga id.")],
+        reason: Annotated[str, typer.Option("--reason", help="Why (kept with the lift).")],
+        step: Annotated[
+            str | None,
+            typer.Option(
+                help="A step (explore: every branch) or instance (explore[1]); all if unset."
+            ),
+        ] = None,
+        by: Annotated[
+            str | None, typer.Option("--by", help="Who lifts it (default: $USER).")
+        ] = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Lift the mission's injected faults (at one step, or all): the next attempt of
+        that step, or `sagakit retry ID` of a failed mission, runs without them."""
+        if not reason.strip():
+            typer.echo("error: --reason must not be empty", err=True)
+            raise typer.Exit(2)
+        try:
+            services = lifting.services_for(step)
+        except ValueError as exc:
+            typer.echo(f"error: --step: {exc}", err=True)
+            raise typer.Exit(2) from None
+        who = by or os.environ.get("USER") or "operator"
+        databases = Databases(SlamSettings())
+        try:
+            for service in services:
+                with databases.engine(service).begin() as conn:
+                    lifting.lift(conn, service, saga_id, step, by=who, reason=reason)
+        finally:
+            databases.dispose()
+        where = "every step" if step is None else step
+        names = [s.value for s in services]
+        if as_json:
+            typer.echo(json.dumps({"saga_id": saga_id, "step": step, "services": names}))
+            return
+        typer.echo(
+            f"lifted the injected faults of {saga_id} at {where} ({', '.join(names)}); "
+            f"a failed mission goes on with: sagakit retry {saga_id}"
+        )
+
+    @faults.command("list")
+    def list_(
+        saga_id: Annotated[str, typer.Argument(help="The mission's saga id.")],
+        as_json: JsonOption = False,
+    ) -> None:
+        """The lifts recorded for a mission, in every service's database."""
+        databases = Databases(SlamSettings())
+        try:
+            found: dict[tuple[str, str], dict[str, Any]] = {}
+            for service in Service:  # services may share a database: each lift once
+                with databases.engine(service).connect() as conn:
+                    for row in lifting.listed(conn, service, saga_id):
+                        found[row["service"], row["step"]] = row
+        finally:
+            databases.dispose()
+        rows = list(found.values())
+        if as_json:
+            typer.echo(json.dumps(rows))
+            return
+        if not rows:
+            typer.echo(f"no faults lifted for {saga_id}")
+        for row in rows:
+            typer.echo(
+                f"{row['service']}: {row['step']} lifted by {row['lifted_by']} at "
+                f"{row['lifted_at']}: {row['reason']}"
+            )
+
+    return faults
 
 
 def _print_fleet(listed: list[dict[str, Any]], retired: int) -> None:

@@ -23,6 +23,7 @@ from sagakit import NonRetryableError, StepContext
 from sagakit.idempotency import once
 
 from . import databases
+from .lifting import lifted
 from .saga import MissionInput
 from .settings import Service
 from .tables import maps
@@ -65,7 +66,7 @@ def engine(service: Service) -> sa.Engine:
 def commit(ctx: StepContext, service: Service, work: Callable[[sa.Connection], Any]) -> Any:
     """Run `work(conn)` once per step key in one transaction of `service`'s database.
 
-    Faults are injected before the commit.
+    Faults are injected before the commit, unless an operator lifted them (`lifting`).
 
     Returns:
         What `work` returned, the first time; the same result on every repeat.
@@ -76,7 +77,8 @@ def commit(ctx: StepContext, service: Service, work: Callable[[sa.Connection], A
         if ctx.direction == "compensation":
             once(conn, f"{ctx.saga_id}:{ctx.step}:action", lambda: FENCED)
         result = once(conn, ctx.key, lambda: work(conn))
-        mission.faults.check(ctx, branches=mission.robots, seed=mission.seed)
+        if not lifted(conn, service, ctx.saga_id, ctx.step):
+            mission.faults.check(ctx, branches=mission.robots, seed=mission.seed)
     return result
 
 

@@ -136,6 +136,30 @@ maps = sa.Table(
     sa.Column("stored_at", UTCDateTime, nullable=False),
 )
 
+# --- every service ---------------------------------------------------------------------------
+
+
+def _lifted_faults(metadata: sa.MetaData) -> sa.Table:
+    """Injected faults an operator lifted, in each service's own database (`lifting`)."""
+    return sa.Table(
+        "slam_faults_lifted",
+        metadata,
+        sa.Column("saga_id", sa.String(64), primary_key=True),
+        # A step instance (``explore[1]``), a step (``explore``: every branch) or ``*``.
+        sa.Column("step", sa.String(64), primary_key=True),
+        sa.Column("lifted_by", sa.String(200), nullable=False),
+        sa.Column("reason", sa.String(1000), nullable=False),
+        sa.Column("lifted_at", UTCDateTime, nullable=False),
+    )
+
+
+LIFTED_FAULTS: dict[Service, sa.Table] = {
+    Service.ROBOTS: _lifted_faults(robots_metadata),
+    Service.PLANNING: _lifted_faults(planning_metadata),
+    Service.EXPLORATION: _lifted_faults(exploration_metadata),
+    Service.MAPPING: _lifted_faults(mapping_metadata),
+}
+
 SCHEMAS: dict[Service, sa.MetaData] = {
     Service.ROBOTS: robots_metadata,
     Service.PLANNING: planning_metadata,
