@@ -19,6 +19,7 @@ import pytest
 
 from sagakit import Settings, System
 from sagakit.runtime.dispatch import CeleryDispatcher
+from sagakit.store import recovery
 from tests.integration.conftest import worker_env
 from tests.support.client import Client
 from tests.support.cluster import ROOT, Cluster, wait_for
@@ -120,6 +121,9 @@ def test_a_step_is_the_existing_task_on_its_own_queue(shop: Shop) -> None:
     assert all((a.worker or "").startswith("shop@") for a in runs.values())
     # The shop's queues are its own worker's: sagakit's workers (and `sagakit up`) leave them.
     assert client.system.queues == {"sagakit"}
+    # With the saga log, the shop's worker beats a heartbeat of its own, as sagakit's do.
+    beating = {w.name.split("@")[0] for w in recovery.workers(client.system.process.db)}
+    assert ("shop" in beating) == shop.with_log and "recorder" in beating
 
 
 def test_compensations_take_their_arguments_from_the_steps_outputs(
