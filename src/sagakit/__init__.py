@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .adoption import adopt
     from .core.definition import Parallel, RetryPolicy, Saga, Step, StepKind
     from .core.errors import (
         DefinitionError,
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
         SagaError,
         SagaNotFound,
         UnknownSagaType,
+        VersionNotDeployed,
     )
     from .core.state import SagaStatus, StepStatus
     from .engine import Engine, StartResult
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from .system import System
 
 _HOMES = {
+    "sagakit.adoption": ("adopt",),
     "sagakit.core.definition": ("Parallel", "RetryPolicy", "Saga", "Step", "StepKind"),
     "sagakit.core.errors": (
         "DefinitionError",
@@ -43,6 +46,7 @@ _HOMES = {
         "SagaError",
         "SagaNotFound",
         "UnknownSagaType",
+        "VersionNotDeployed",
     ),
     "sagakit.core.state": ("SagaStatus", "StepStatus"),
     "sagakit.engine": ("Engine", "StartResult"),
@@ -62,6 +66,7 @@ __all__ = [
     "StepKind",
     # Step code
     "StepContext",
+    "adopt",
     "saga_task",
     # Running
     "Engine",
@@ -81,6 +86,7 @@ __all__ = [
     "SagaError",
     "SagaNotFound",
     "UnknownSagaType",
+    "VersionNotDeployed",
 ]
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .core.definition import Saga
-from .core.errors import InvalidInput, UnknownSagaType
+from .core.errors import InvalidInput, UnknownSagaType, VersionNotDeployed
 from .core.events import (
     CancelRequested,
     CompensationFailed,
@@ -79,22 +79,42 @@ class Engine:
         events: EventPublisher | None = None,
         clock: Callable[[], datetime] = utcnow,
         timeout_grace: float = 5.0,
+        versions: Iterable[Saga] = (),
         tracing: Tracing | None = None,
     ) -> None:
         self.log = log
         self.tracing = tracing
-        self.sagas = dict(sagas)
+        every = [*versions, *sagas.values()]
+        self.versions: dict[tuple[str, int], Saga] = {(s.name, s.version): s for s in every}
+        """Every registered definition by (saga type, version)."""
+        self.sagas: dict[str, Saga] = {}
+        """The newest version of each saga type: what new starts take."""
+        for saga in self.versions.values():
+            if saga.name not in self.sagas or saga.version > self.sagas[saga.name].version:
+                self.sagas[saga.name] = saga
         self.dispatcher = dispatcher
         self.events = events
         self.clock = clock
         self.timeout_grace = timeout_grace
 
-    def definition(self, saga_type: str) -> Saga:
-        """Return the registered definition. Raises UnknownSagaType."""
-        try:
+    def definition(self, saga_type: str, version: int | None = None) -> Saga:
+        """Return the registered definition: `version`, or the newest.
+
+        Raises UnknownSagaType, or VersionNotDeployed for a version not registered here.
+        """
+        if saga_type not in self.sagas:
+            raise UnknownSagaType(saga_type, list(self.sagas))
+        if version is None:
             return self.sagas[saga_type]
-        except KeyError:
-            raise UnknownSagaType(saga_type, list(self.sagas)) from None
+        saga = self.versions.get((saga_type, version))
+        if saga is None:
+            deployed = [v for name, v in self.versions if name == saga_type]
+            raise VersionNotDeployed(saga_type, version, deployed)
+        return saga
+
+    def deployed(self, saga_type: str, version: int) -> bool:
+        """Tell whether this process can advance sagas of that type and version."""
+        return (saga_type, version) in self.versions
 
     # --- operations -------------------------------------------------------------------
 
@@ -105,9 +125,14 @@ class Engine:
         *,
         idempotency_key: str | None = None,
         saga_id: str | None = None,
+        version: int | None = None,
     ) -> StartResult:
-        """Create a saga and send its first step; a repeated key returns the first saga."""
-        saga = self.definition(saga_type)
+        """Create a saga and send its first step; a repeated key returns the first saga.
+
+        The saga runs to its end on the definition it starts with: `version` if given (a
+        pinned start), else the newest registered.
+        """
+        saga = self.definition(saga_type, version)
         data = validated_input(input if input is not None else {}, saga.input_model)
         saga_id = check_saga_id(saga_id) if saga_id is not None else new_saga_id()
         check_idempotency_key(idempotency_key)
@@ -247,14 +272,21 @@ class Engine:
         """Decide on what `tx` read and write it; None if, read without the lock, the saga
         changed meanwhile (or the decision would be to ignore the event: the lock's fresh
         read tells)."""
-        saga = self.definition(tx.state.saga_type)
+        saga = self.definition(tx.state.saga_type, tx.state.definition_version)
         locked = tx.conn is not None
         decision = decide(saga, tx.state, tx.steps, event)
         if decision.ignored:
             return (tx.state, decision, {}, []) if locked else None
-        messages = self._messages(saga, decision, now, version=tx.version + 1, read=tx.steps)
-        rows = entries(tx.state, decision, event, list(messages.values()), now, attempt)
         output = (event.step, event.output) if isinstance(event, StepSucceeded) else None
+        messages = self._messages(
+            saga,
+            decision,
+            now,
+            version=tx.version + 1,
+            read=tx.steps,
+            outputs=dict([output]) if output is not None else None,
+        )
+        rows = entries(tx.state, decision, event, list(messages.values()), now, attempt)
         if not tx.write(decision, messages, rows, now=now, output=output):
             return None
         return tx.state, decision, messages, rows
@@ -294,6 +326,7 @@ class Engine:
         *,
         version: int,
         read: Mapping[str, StepState],
+        outputs: Mapping[str, Any] | None = None,
     ) -> dict[str, OutboxMessage]:
         """The decision's messages; those sent now carry the saga as this transition leaves
         it (`version`, after it; `read`, the instances it read), for the worker to decide on."""
@@ -301,6 +334,7 @@ class Engine:
         out = {}
         changed = {st.name: st for st in (*decision.created, *decision.updated)}
         known, top = (False, None) if state.sources else _top_after(read, changed)
+        loaded: dict[str, Any] = dict(outputs or {})  # what arguments read, once per transition
         for c in decision.commands:
             message = self.message(
                 saga,
@@ -312,6 +346,7 @@ class Engine:
                 task_id(state.saga_id, c.position, c.step, c.direction, c.attempt),
                 now + timedelta(seconds=c.delay),
                 input,
+                loaded,
             )
             if known and c.delay <= 0 and c.step in changed:
                 steps = {c.step: changed[c.step]}
@@ -335,8 +370,14 @@ class Engine:
         task: str,
         not_before: datetime,
         input: Mapping[str, Any] | None = None,
+        known: dict[str, Any] | None = None,
     ) -> OutboxMessage:
-        """The message of one attempt (the engine's first send, and the sweeper's re-sends)."""
+        """The message of one attempt (the engine's first send, and the sweeper's re-sends).
+
+        `input` and `known` (outputs by instance name) are what the caller has at hand of
+        what an existing task's arguments are taken from; the rest is read from the log
+        (and added to `known`).
+        """
         kwargs: StepKwargs = {
             "saga_id": saga_id,
             "saga_type": saga.name,
@@ -347,13 +388,67 @@ class Engine:
         if item is not None:
             kwargs["item"] = item
         definition = saga.step(step)
-        if definition.reads:
+        paths = definition.plain(direction)
+        call = None
+        if paths is not None:
+            cache = known if known is not None else {}
+            if input is not None:
+                cache[_INPUT] = input
+            call = self._arguments(saga_id, step, paths, item, cache)
+        elif definition.reads:
             self._embed(kwargs, definition.reads, input)
         name = definition.action if direction == "action" else definition.compensation
         assert name is not None
         return OutboxMessage(
-            saga_id, task, name, definition.queue, kwargs, definition.timeout, not_before
+            saga_id,
+            task,
+            name,
+            definition.queue_name,
+            kwargs,
+            definition.timeout,
+            not_before,
+            call=call,
         )
+
+    def _arguments(
+        self,
+        saga_id: str,
+        instance: str,
+        paths: Mapping[str, str],
+        item: Any,
+        known: dict[str, Any],
+    ) -> dict[str, Any]:
+        """An existing task's keyword arguments, each taken from its path (`Step.args`).
+
+        A path whose value is missing leaves its argument out: the task's default applies,
+        or the task fails naming the argument it lacks.
+        """
+        call: dict[str, Any] = {}
+        own = instance.split("[", 1)[0]
+        for argument, path in paths.items():
+            source, *keys = path.split(".")
+            found, value = True, cast(Any, None)
+            if source == "saga_id":
+                value = saga_id
+            elif source == "item":
+                value = item
+            elif source == "input":
+                if _INPUT not in known:
+                    known[_INPUT] = self.log.input(saga_id)
+                value = known[_INPUT]
+            else:
+                name = instance if source == own else source
+                if name not in known:
+                    found, known[name] = self.log.output(saga_id, name)
+                    if not found:
+                        del known[name]
+                found, value = (name in known), known.get(name)
+            for key in keys:
+                found = found and isinstance(value, Mapping) and key in value
+                value = value[key] if found else None
+            if found:
+                call[argument] = value
+        return call
 
     def _embed(
         self, kwargs: StepKwargs, reads: Sequence[str], input: Mapping[str, Any] | None
@@ -378,6 +473,10 @@ class Engine:
                 self.events.publish(rows)
             except Exception as exc:  # best effort: the SQL log is the source of truth
                 logger.warning("event stream publish failed: %s", exc)
+
+
+_INPUT = "<input>"
+"""Where `Engine._arguments` keeps the saga input among outputs (no step has that name)."""
 
 
 def _top_after(

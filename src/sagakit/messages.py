@@ -79,6 +79,17 @@ TIMEOUT_HEADER = "sagakit_timeout"
 the attempt, so the sweeper knows when a running attempt has overrun."""
 
 
+STEP_HEADER = "sagakit_step"
+"""Message header of a step whose task is an existing, unchanged Celery task (`Step.args`):
+the step's `StepKwargs`, which a saga task has as its kwargs. The task's own kwargs are the
+message's; the worker's task signals (`runtime.adopted`) find the attempt by this header."""
+
+CHECKED_HEADER = "sagakit_checked"
+"""Set by the worker's main process on an existing task's request, never by a sender: the
+state it found good for this attempt (the seal held, or the saga log said so), for the pool
+process that runs the task to decide the outcome on. Removed from every received message."""
+
+
 STATE_HEADER = "sagakit_state"
 """Message header with the saga as the transition that sent the message left it (the head,
 its version, the attempt's instance and the next to undo, as JSON): the worker decides the
@@ -126,6 +137,12 @@ def signed(key: bytes, task_id: str, kwargs: Mapping[str, Any], state: Any, head
     return hmac.compare_digest(header, signature(key, task_id, kwargs, state))
 
 
+def signed_kwargs(kwargs: Mapping[str, Any], call: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """What a message's signature covers besides its task id and state: the step's kwargs,
+    and an existing task's own kwargs with them (`OutboxMessage.call`)."""
+    return kwargs if call is None else {**kwargs, "call": dict(call)}
+
+
 def _mac(key: bytes, task_id: str, kwargs: Mapping[str, Any], state: str) -> str:
     body = json.dumps(kwargs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     signed = "\n".join((task_id, body, state)).encode()
@@ -146,6 +163,9 @@ class OutboxMessage:
     not_before: datetime
     state: str | None = None
     """The STATE_HEADER to send with the message, if any."""
+    call: Mapping[str, Any] | None = None
+    """An existing task's own keyword arguments (`Step.args`): they are the message's
+    kwargs, and `kwargs` travel in the STEP_HEADER instead."""
     trace: Mapping[str, str] | None = None
     """The trace context to send as headers (``traceparent``), with tracing on."""
 

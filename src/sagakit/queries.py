@@ -58,12 +58,25 @@ def decode_cursor(value: str) -> Cursor:
         raise InvalidInput("cursor", "not a cursor returned by a previous page") from None
 
 
-def summary_view(record: SagaRecord) -> dict[str, Any]:
+Deployed = dict[str, set[int]] | None
+"""The definition versions live workers can advance, by saga type (`reads.deployed`)."""
+
+
+def is_deployed(record: SagaRecord, deployed: Deployed) -> bool | None:
+    """Whether a live worker can advance the saga's definition version; None when no
+    worker says, or nothing is left to advance (completed, compensated)."""
+    if deployed is None or record.status in ("completed", "compensated"):
+        return None
+    return record.state.definition_version in deployed.get(record.saga_type, set())
+
+
+def summary_view(record: SagaRecord, deployed: Deployed = None) -> dict[str, Any]:
     """The fields a listing shows."""
     return {
         "id": record.saga_id,
         "type": record.saga_type,
         "definition_version": record.state.definition_version,
+        "definition_deployed": is_deployed(record, deployed),
         "status": record.status,
         "reason": record.reason,
         "failed_step": record.failed_step,
@@ -201,6 +214,7 @@ def saga_view(
     steps: Sequence[StepRecord],
     history: Sequence[HistoryRecord],
     running: dict[str, tuple[str, datetime]] | None = None,
+    deployed: Deployed = None,
 ) -> dict[str, Any]:
     """Everything about one saga: status, steps with their attempts, history."""
     tried = attempts(history, steps, running)
@@ -220,7 +234,7 @@ def saga_view(
         for s in steps
     ]
     return {
-        **summary_view(record),
+        **summary_view(record, deployed),
         "input": record.input,
         "idempotency_key": record.idempotency_key,
         "deadline_at": iso(record.deadline_at),
@@ -263,7 +277,12 @@ class Queries:
         history = self.history(saga_id)
         steps = self.steps(saga_id)
         running = {} if record.state.status.settled else self._running()
-        return saga_view(record, steps, history, running)
+        return saga_view(record, steps, history, running, self.deployed())
+
+    def deployed(self) -> Deployed:
+        """The definition versions the live workers can advance, by saga type (None when
+        no worker says): a saga whose version is missing waits for it."""
+        return reads.deployed(self.db)
 
     def _running(self) -> dict[str, tuple[str, datetime]]:
         """Task ids the live workers say they run: (worker, since when)."""
@@ -297,7 +316,8 @@ class Queries:
         more = len(records) > limit
         records = records[:limit]
         following = encode_cursor(records[-1]) if more and records else None
-        return [summary_view(r) for r in records], following
+        deployed = self.deployed() if records else None
+        return [summary_view(r, deployed) for r in records], following
 
     def statuses(self, saga_ids: Sequence[str]) -> dict[str, str]:
         """The status of each existing saga among `saga_ids`."""

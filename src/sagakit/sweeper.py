@@ -30,6 +30,7 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
+from .core.errors import VersionNotDeployed
 from .core.events import CompensationFailed, DeadlineExceeded, Direction, Event, StepTimedOut
 from .engine import Engine
 from .journal import Attempt
@@ -105,7 +106,13 @@ class Sweeper:
         if self.identity is None:
             return
         held = tuple(self.holdings())
-        heartbeat = Beat(self.identity.name, self.identity.pid, self.identity.started_at, held)
+        heartbeat = Beat(
+            self.identity.name,
+            self.identity.pid,
+            self.identity.started_at,
+            held,
+            tuple(self.engine.versions),
+        )
         previous = recovery.beat(self.db, heartbeat, self.engine.clock())
         if previous is not None:
             mine = {h.task_id for h in held}
@@ -153,7 +160,7 @@ class Sweeper:
 
     def _send_due(self, now: datetime) -> int:
         messages = []
-        for p in recovery.take_due(self.db, now, self.engine.sagas, self.batch):
+        for p in recovery.take_due(self.db, now, self.engine.versions, self.batch):
             try:
                 messages.append(self._message(p))
             except KeyError:  # a step this process's definition of the saga does not have
@@ -282,6 +289,9 @@ class Sweeper:
         for saga_id in recovery.overdue_sagas(self.db, now, self.batch):
             try:
                 decision = self.engine.record(saga_id, DeadlineExceeded())
+            except VersionNotDeployed as exc:  # applied by a worker that has the version
+                logger.debug("deadline of %s not applied: %s", saga_id, exc)
+                continue
             except Exception as exc:
                 logger.warning("deadline of %s not applied: %s", saga_id, exc)
                 continue
@@ -291,7 +301,7 @@ class Sweeper:
     def _message(self, p: Pending) -> OutboxMessage:
         direction: Direction = "compensation" if p.status == "compensating" else "action"
         attempt = p.comp_attempt if direction == "compensation" else p.attempt
-        saga = self.engine.definition(p.saga_type)
+        saga = self.engine.definition(p.saga_type, p.definition_version)
         return self.engine.message(
             saga, p.saga_id, p.name, direction, attempt, p.item, p.task_id, p.not_before
         )

@@ -17,7 +17,8 @@ from .logs import configure_logging
 from .outages import BROKER, unreachable
 from .ports import Dispatcher
 from .queries import Queries
-from .registry import discover
+from .registry import discover_all, newest, task_routes
+from .runtime.adopted import install as install_adopted
 from .runtime.app import SAGAKIT_QUEUE, bind_engine, bind_tracing, engine_for, make_celery
 from .runtime.dispatch import BrokerWatch, dispatcher_for
 from .runtime.probe import BrokerProbe
@@ -54,19 +55,26 @@ class System:
         *,
         migrate: bool = True,
         imports: Iterable[str] = (),
+        routes: Iterable[Any] = (),
     ) -> None:
         self.settings = settings or load_settings()
-        self.sagas = discover([*self.settings.imports, *imports])
-        self.tracing = _tracing(self.settings)
+        modules = [*self.settings.imports, *imports]
         self.celery = make_celery(
             self.settings.broker_url,
             visibility_timeout=self.settings.visibility_timeout,
             message_key=self.settings.message_key,
         )
+        self.celery.conf.task_routes = [*routes, *task_routes(modules)]
+        self.versions = [saga.routed(self._route) for saga in discover_all(modules)]
+        """Every registered definition, each version of a saga type."""
+        self.sagas = newest(self.versions)
+        """The newest version of each saga type: what new starts take."""
+        self.tracing = _tracing(self.settings)  # after the imports: a provider of theirs stays
         self._check_timeouts()
         if migrate:
             upgrade_database(self.settings.database_url)
         self._process: _Process | None = None
+        install_adopted()  # existing tasks that are steps report to this worker's engine too
         bind_engine(
             self.celery,
             lambda: self.process.engine,
@@ -75,6 +83,18 @@ class System:
         bind_tracing(self.celery, self.tracing)
         self._embedded: EmbeddedWorker | None = None
         self._probe: BrokerProbe | None = None
+
+    def _route(self, task_name: str) -> str | None:
+        """The queue the app's ``task_routes`` send `task_name` to, if one does."""
+        if not self.celery.conf.task_routes:
+            return None
+        router = self.celery.amqp.router
+        route = router.lookup_route(task_name, (), {}, {}, None)
+        if not route:
+            return None
+        queue = router.expand_destination(route).get("queue")
+        name = getattr(queue, "name", queue)
+        return str(name) if name else None
 
     @property
     def process(self) -> _Process:
@@ -97,10 +117,17 @@ class System:
 
     @property
     def queues(self) -> set[str]:
-        """Every queue a registered saga uses, plus sagakit's own."""
+        """Every queue a registered saga's ``@saga_task`` steps use, plus sagakit's own:
+        what sagakit's workers serve. A step whose action and compensation are existing
+        tasks (`Step.args`) is served by its service's own worker (`sagakit.adopt`)."""
         queues = {SAGAKIT_QUEUE}
-        for saga in self.sagas.values():
-            queues |= saga.queues
+        for saga in self.versions:
+            for step in saga.all_steps():
+                plain = step.args is not None and (
+                    step.compensation is None or step.compensation_args is not None
+                )
+                if not plain:
+                    queues.add(step.queue_name)
         return queues
 
     def _build(self) -> _Process:
@@ -130,6 +157,7 @@ class System:
             dispatcher,
             events=events,
             timeout_grace=settings.timeout_grace,
+            versions=self.versions,
             tracing=self.tracing,
         )
         return _Process(os.getpid(), db, engine, Queries(Pooled(db)))
@@ -175,7 +203,7 @@ class System:
     def _check_timeouts(self) -> None:
         if self.settings.embedded:
             return
-        for saga in self.sagas.values():
+        for saga in self.versions:
             for step in saga.all_steps():
                 limit = (step.timeout or 0) + 2 * self.settings.timeout_grace
                 if step.timeout and limit >= self.settings.visibility_timeout:

@@ -36,7 +36,12 @@ def _app(url: str) -> Celery:
 
 
 def _message(
-    queue: str, *, timeout: float | None = 10.0, state: str | None = None, **extra: Any
+    queue: str,
+    *,
+    timeout: float | None = 10.0,
+    state: str | None = None,
+    call: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> OutboxMessage:
     kwargs: Any = {
         "saga_id": "0123456789abcdef",
@@ -56,6 +61,7 @@ def _message(
         timeout,
         datetime.now(UTC),
         state,
+        call,
     )
 
 
@@ -113,6 +119,26 @@ def test_a_traced_step_message_carries_its_context_in_a_header_either_way(broker
     expected["properties"]["delivery_info"]["routing_key"] = "direct"
     assert pushed == expected
     assert pushed["headers"]["traceparent"] == trace["traceparent"]
+
+
+@pytest.mark.parametrize("time_limits", [False, True])
+def test_an_existing_tasks_message_is_the_one_its_own_callers_would_push(
+    broker: str, time_limits: bool
+) -> None:
+    app = _app(broker)
+    client = redis.Redis.from_url(broker)
+    call = {"charge_id": "ch-1", "amount": 2.5}
+    celery_made = CeleryDispatcher(app, time_limits=time_limits, grace=2.0)
+    ours = RedisDispatcher(app, time_limits=time_limits, grace=2.0)
+    assert celery_made.send([_message("via-kombu", state="f00d.[1]", call=call)]) == []
+    assert ours.send([_message("direct", state="f00d.[1]", call=call)]) == []
+    expected, pushed = _popped(client, "via-kombu"), _popped(client, "direct")
+    expected["properties"]["delivery_info"]["routing_key"] = "direct"
+    assert pushed == expected
+    assert pushed["body"][1] == call  # the task's own kwargs, nothing else
+    assert pushed["headers"]["timelimit"] == [None, None]  # the task's own limits apply
+    step = pushed["headers"]["sagakit_step"]
+    assert (step["saga_type"], step["step"], step["attempt"]) == ("order", "reserve[2]", 3)
 
 
 def test_the_first_send_into_an_emptied_broker_records_when_its_rows_were_sent(

@@ -63,7 +63,9 @@ class Clock:
 class Rig:
     """An engine, its read side and one sweeper on one SQLite saga log."""
 
-    def __init__(self, url: str, sagas: dict[str, Saga] | None = None) -> None:
+    def __init__(
+        self, url: str, sagas: dict[str, Saga] | None = None, versions: tuple[Saga, ...] = ()
+    ) -> None:
         self.db = make_db(url)
         upgrade(self.db)
         self.clock = Clock()
@@ -77,6 +79,7 @@ class Rig:
             events=self.publisher,
             clock=self.clock,
             timeout_grace=1.0,
+            versions=versions,
         )
         self.queries = Queries(Pooled(self.db))
         self.held: list[Held] = []

@@ -67,6 +67,8 @@ def test_run_list_show_round_trip(env: dict[str, str]) -> None:
     ("args", "message"),
     [
         (["run", "nosuch"], "unknown saga type 'nosuch'"),
+        (["run", "linear@2"], "saga type 'linear' version 2 is not deployed here (deployed: v1)"),
+        (["run", "linear@x"], "TYPE: 'linear@x': the version after @ must be a positive integer"),
         (["show", "not an id!"], "is not a saga id"),
         (["show", "0123456789abcdef"], "no saga with id '0123456789abcdef'"),
         (["cancel", "0123456789abcdef"], "no saga with id"),

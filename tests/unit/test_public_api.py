@@ -34,6 +34,8 @@ def test_public_names_are_a_snapshot() -> None:
             "StepStatus",
             "System",
             "UnknownSagaType",
+            "VersionNotDeployed",
+            "adopt",
             "load_settings",
             "saga_task",
         ]

@@ -47,7 +47,7 @@ class Sent:
 def _message(saga_id: str, trace: Mapping[str, str] | None = None) -> OutboxMessage:
     kwargs: Any = {"saga_id": saga_id, "saga_type": "t", "step": "a", "attempt": 1}
     return OutboxMessage(
-        saga_id, f"{saga_id}.00.a.fwd.1", "t.a", "q", kwargs, None, datetime.now(UTC), None, trace
+        saga_id, f"{saga_id}.00.a.fwd.1", "t.a", "q", kwargs, None, datetime.now(UTC), trace=trace
     )
 
 

@@ -22,6 +22,7 @@ from ..core.errors import (
     SagaError,
     SagaNotFound,
     UnknownSagaType,
+    VersionNotDeployed,
 )
 from ..core.inputs import MAX_DEPTH
 from ..outages import Unreachable, unreachable
@@ -48,6 +49,7 @@ HTTP_STATUS: dict[type[SagaError], int] = {
     Unauthorized: 401,
     Forbidden: 403,
     SagaNotFound: 404,
+    VersionNotDeployed: 409,
     UnknownSagaType: 422,
     InvalidInput: 422,
     InvalidTransition: 409,
@@ -77,6 +79,8 @@ def install(app: FastAPI) -> None:
         headers = {}
         if isinstance(exc, InvalidInput | AuthError):
             body["field"] = exc.field
+        elif isinstance(exc, VersionNotDeployed):
+            body["field"] = "version"
         elif isinstance(exc, UnknownSagaType):
             body["field"] = "type"
         if isinstance(exc, Unauthorized):

@@ -34,6 +34,9 @@ class StartSaga(BaseModel):
     input: dict[str, Any] = Field(
         default_factory=dict, examples=[{"robots": 3, "area": "warehouse"}]
     )
+    version: int | None = Field(
+        default=None, ge=1, description="Pin the definition version (default: the newest)."
+    )
 
 
 def start_body(sagas: Mapping[str, Saga]) -> Any:
@@ -101,6 +104,12 @@ def _start_member(name: str, saga: Saga) -> type[BaseModel]:
         __doc__=saga.description or f"Start a `{name}` saga.",
         type=(tag, Field(description="The saga type.")),
         input=(input_type, input_field),
+        version=(
+            int | None,
+            Field(
+                default=None, ge=1, description="Pin the definition version (default: the newest)."
+            ),
+        ),
     )
     return member
 
@@ -203,6 +212,12 @@ class SagaSummary(BaseModel):
     id: str
     type: str
     definition_version: int
+    definition_deployed: bool | None = Field(
+        default=None,
+        description="Whether a live worker can advance this saga's definition version "
+        "(false: it waits until that version is deployed again; null: no worker says, or "
+        "the saga has ended).",
+    )
     status: Status
     reason: str | None
     failed_step: str | None

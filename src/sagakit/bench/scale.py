@@ -107,7 +107,7 @@ def _measure(db: sa.Engine, sagas: int, progress: Callable[[str], None]) -> dict
         "list past the 500,000th (cursor)": lambda: queries.page(cursor=deep, limit=50),
         "search by idempotency key": lambda: queries.page(search=f"key-{rng.randrange(sagas)}"),
         "get one saga (detail)": lambda: queries.detail(rng.choice(ids)),
-        "sweep: due messages": lambda: recovery.take_due(db, now, ["slam", "order"], 200),
+        "sweep: due messages": lambda: recovery.take_due(db, now, [("slam", 1), ("order", 1)], 200),
         "sweep: unclaimed messages": lambda: recovery.stale_sends(db, now, 30.0, 200),
         "sweep: overdue sagas": lambda: recovery.overdue_sagas(db, now, 200),
         "sweep: silent workers": lambda: recovery.take_silent(db, now - timedelta(seconds=30)),

@@ -51,7 +51,17 @@ def header(view: dict[str, Any]) -> Text:
     )
     if view.get("reason"):
         text.append(f"\n  reason: {view['reason']}", style="italic")
+    if view.get("definition_deployed") is False:
+        text.append(f"\n  {not_deployed(view)}", style="bold yellow")
     return text
+
+
+def not_deployed(view: dict[str, Any]) -> str:
+    """What a saga whose definition version no live worker has is waiting for."""
+    return (
+        f"definition {view['type']} v{view['definition_version']} is not deployed: no live "
+        "worker can advance this saga; it waits until that version runs again"
+    )
 
 
 WIDE = 150
@@ -180,7 +190,12 @@ def listing(views: list[dict[str, Any]]) -> Table:
     for v in views:
         table.add_row(
             v["id"],
-            v["type"],
+            v["type"]
+            + (
+                f" v{v['definition_version']} not deployed"
+                if v.get("definition_deployed") is False
+                else ""
+            ),
             styled(v["status"]),
             v["created_at"][:23],
             _secs(v["duration"]),

@@ -176,6 +176,16 @@ class RunCommand(TyperCommand):
         console.print(fields.render(saga_type, saga.input_model), width=min(console.width, 100))
 
 
+def pinned(word: str) -> tuple[str, int | None]:
+    """``order@2`` as ("order", 2); ``order`` as ("order", None). Raises InvalidInput."""
+    saga_type, at, version = word.partition("@")
+    if not at:
+        return word, None
+    if not version.isdigit() or int(version) < 1:
+        raise InvalidInput("TYPE", f"{word!r}: the version after @ must be a positive integer")
+    return saga_type, int(version)
+
+
 def register(app: typer.Typer) -> None:
     """Add the saga commands to `app`."""
 
@@ -186,7 +196,9 @@ def register(app: typer.Typer) -> None:
     )
     def run(
         ctx: typer.Context,
-        saga_type: Annotated[str, typer.Argument(help="Saga type, e.g. slam.")],
+        saga_type: Annotated[
+            str, typer.Argument(help="Saga type, e.g. slam; TYPE@N pins version N.")
+        ],
         input_json: Annotated[str | None, typer.Option("--input", help="Input as JSON.")] = None,
         wait: Annotated[bool, typer.Option(help="Follow the saga until it settles.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -206,11 +218,12 @@ def register(app: typer.Typer) -> None:
         from . import render
 
         fields = parse_fields(ctx.args)
+        saga_type, version = pinned(saga_type)
         with ExitStack() as stack:
             # Bad input is told before a worker starts or the broker is asked.
             system = open_system(stack, worker=False)
             engine = system.engine
-            model = engine.definition(saga_type).input_model
+            model = engine.definition(saga_type, version).input_model
             if model is None:
                 # No model to coerce strings: read each value as JSON where it parses.
                 data.update({k: _maybe_json(v) for k, v in fields.items()})
@@ -224,7 +237,7 @@ def register(app: typer.Typer) -> None:
                 )
             validated_input(data, model)
             ready_to_send(system)
-            result = engine.start(saga_type, data, idempotency_key=idempotency_key)
+            result = engine.start(saga_type, data, idempotency_key=idempotency_key, version=version)
             if system.settings.embedded and not wait:
                 render.console(stderr=True).print(
                     "embedded mode: the saga runs inside this process, so sagakit waits for it "

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -24,6 +24,12 @@ from .errors import DefinitionError
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 """Step, group and saga names: lower-case identifiers (they appear in Celery task ids)."""
+
+ARGUMENT_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+"""Keyword argument names of an existing task (`Step.args`)."""
+
+DEFAULT_QUEUE = "celery"
+"""Queue of a step that names none and that no route of the app's ``task_routes`` names."""
 
 
 class StepKind(StrEnum):
@@ -94,8 +100,9 @@ class Step:
     """Celery task name of the forward work, e.g. ``robots.allocate``."""
     compensation: str | None = None
     """Celery task name that undoes the action; required for compensatable steps."""
-    queue: str = "celery"
-    """Queue of the service that runs the action and the compensation."""
+    queue: str | None = None
+    """Queue of the service that runs the action and the compensation. None: the queue
+    the app's ``task_routes`` give the action's task (`routed`), else ``celery``."""
     kind: StepKind = StepKind.COMPENSATABLE
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY
@@ -108,6 +115,23 @@ class Step:
     ``"input"`` and/or names of earlier steps whose outputs the step reads. By default
     (None) a message carries only ids and the fan-out item, and a worker bound to the saga
     log loads ``ctx.input`` and ``ctx.results`` on demand, one key at a time."""
+    args: Mapping[str, str] | None = None
+    """Makes the action an existing, unchanged Celery task (``@app.task def charge(order_id,
+    amount)``): its keyword arguments, each taken from a path, ``input.<key>...``,
+    ``<earlier step>.<key>...``, ``item...`` (a fan-out instance's item) or ``saga_id``;
+    a path without keys passes the whole value. None: the action is a ``@saga_task``."""
+    compensation_args: Mapping[str, str] | None = None
+    """Likewise for the compensation, whose paths may also name the step itself (its own
+    output: ``charge.charge_id``)."""
+
+    @property
+    def queue_name(self) -> str:
+        """The queue the step's messages go to."""
+        return self.queue or DEFAULT_QUEUE
+
+    def plain(self, direction: str) -> Mapping[str, str] | None:
+        """The argument paths of the action or compensation if it is an existing task."""
+        return self.args if direction == "action" else self.compensation_args
 
     @property
     def effective_retry(self) -> RetryPolicy:
@@ -208,7 +232,31 @@ class Saga:
     @property
     def queues(self) -> frozenset[str]:
         """Every queue a step of this saga uses."""
-        return frozenset(step.queue for step in self.all_steps())
+        return frozenset(step.queue_name for step in self.all_steps())
+
+    def routed(self, route: Callable[[str], str | None]) -> Saga:
+        """This definition with each step that names no queue sent where `route` (the
+        app's ``task_routes``) sends its action's task; unrouted ones go to ``celery``."""
+        stages: list[Stage] = []
+        for element in self.steps:
+            if isinstance(element, Parallel):
+                stages.append(Parallel(element.name, [_routed(s, route) for s in element.steps]))
+            else:
+                stages.append(_routed(element, route))
+        return Saga(
+            self.name,
+            stages,
+            version=self.version,
+            timeout=self.timeout,
+            description=self.description,
+            input_model=self.input_model,
+        )
+
+
+def _routed(step: Step, route: Callable[[str], str | None]) -> Step:
+    if step.queue is not None:
+        return step
+    return replace(step, queue=route(step.action) or DEFAULT_QUEUE)
 
 
 def _validate(saga: Saga) -> None:
@@ -270,6 +318,40 @@ def _reads_problem(step: Step, seen: set[str]) -> str | None:
     return None
 
 
+def _args_problem(step: Step, sources: set[str]) -> str | None:
+    for where, mapping in (("args", step.args), ("compensation_args", step.compensation_args)):
+        given: object = mapping  # checked at run time: callers may be untyped
+        if given is None:
+            continue
+        if not isinstance(given, Mapping):
+            return f"step {step.name!r} {where} must map argument names to paths"
+        for argument, path in given.items():
+            if not isinstance(argument, str) or not ARGUMENT_PATTERN.match(argument):
+                return f"step {step.name!r} {where}: {argument!r} is not an argument name"
+            own = where == "compensation_args"
+            if not isinstance(path, str) or not _path_ok(path, step, sources, own=own):
+                return (
+                    f"step {step.name!r} {where}[{argument!r}]={path!r} must be 'input', "
+                    "'saga_id', 'item' (fan-out steps), or an earlier step"
+                    + (" or the step itself" if own else "")
+                    + ", followed by '.<key>' as deep as needed"
+                )
+    if step.compensation_args is not None and not step.compensation:
+        return f"step {step.name!r} has compensation_args but no compensation"
+    return None
+
+
+def _path_ok(path: str, step: Step, sources: set[str], *, own: bool) -> bool:
+    source, *keys = path.split(".")
+    if not all(keys):
+        return False
+    if source == "saga_id":
+        return not keys
+    if source == "item":
+        return step.for_each is not None
+    return source == "input" or source in sources or (own and source == step.name)
+
+
 def _step_problem(step: object, seen: set[str], sources: set[str], in_group: bool) -> str | None:
     if not isinstance(step, Step):
         return f"{step!r} is not a Step"
@@ -282,7 +364,7 @@ def _step_problem(step: object, seen: set[str], sources: set[str], in_group: boo
         return f"step {step.name!r} kind {step.kind!r} is not a StepKind"
     if not step.action:
         return f"step {step.name!r} has no action task name"
-    if not step.queue:
+    if step.queue is not None and not step.queue:
         return f"step {step.name!r} has an empty queue name"
     if step.kind is StepKind.COMPENSATABLE and not step.compensation:
         return f"compensatable step {step.name!r} has no compensation"
@@ -299,7 +381,7 @@ def _step_problem(step: object, seen: set[str], sources: set[str], in_group: boo
                 f"step {step.name!r} for_each={step.for_each!r} must be 'input.<key>' "
                 "or '<earlier step>.<key>'"
             )
-    problem = _reads_problem(step, seen)
+    problem = _reads_problem(step, seen) or _args_problem(step, sources)
     if problem is not None:
         return problem
     for where, policy in (("retry", step.retry), ("compensation_retry", step.compensation_retry)):

@@ -4,6 +4,7 @@
   x DefinitionError        - a Saga or Step is malformed (raised when it is defined)
   x SagaNotFound           - no saga with that id
   x UnknownSagaType        - no saga definition registered under that name
+    x VersionNotDeployed   - that saga type is registered, but not that version of it
   x InvalidTransition      - an operation the saga's status does not allow
   x InvalidInput           - input rejected at the boundary (which field, why)
 * NonRetryableError        - raised by step code: fail now, skip remaining attempts
@@ -42,6 +43,26 @@ class UnknownSagaType(SagaError):
         super().__init__(f"unknown saga type {saga_type!r} (known: {listed})")
         self.saga_type = saga_type
         self.known = known
+
+
+class VersionNotDeployed(UnknownSagaType):
+    """The saga runs (or a start pinned) a definition version this process does not have.
+
+    A saga is advanced only by the version it started with: until that version is deployed
+    again, its events wait and its attempts' messages are not run.
+    """
+
+    def __init__(self, saga_type: str, version: int, deployed: list[int]) -> None:
+        listed = ", ".join(f"v{v}" for v in sorted(deployed)) or "none"
+        SagaError.__init__(
+            self,
+            f"saga type {saga_type!r} version {version} is not deployed here "
+            f"(deployed: {listed}); deploy it again to advance its sagas",
+        )
+        self.saga_type = saga_type
+        self.version = version
+        self.known = [saga_type]
+        self.deployed = deployed
 
 
 class InvalidTransition(SagaError):

@@ -156,7 +156,7 @@ class _Transition:
                 direction,
                 attempt,
                 task,
-                step.queue,
+                step.queue_name,
                 self.saga.position(st.step),
                 delay,
                 step.timeout,

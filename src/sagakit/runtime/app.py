@@ -65,7 +65,9 @@ def make_celery(
     of `Settings.message_key`: a service's own app, with no saga log, runs only step
     messages signed with it, and signs the outcomes it reports.
     """
-    app = Celery(name, broker=broker_url, set_as_current=False)
+    # sagakit.record_outcome is registered in every worker, whatever its step tasks are
+    # (existing tasks run as steps import nothing of sagakit's tasks).
+    app = Celery(name, broker=broker_url, set_as_current=False, include=["sagakit.runtime.tasks"])
     app.sagakit_message_key = message_key or os.environ.get("SAGAKIT_MESSAGE_KEY") or None
     app.conf.update(
         task_acks_late=True,

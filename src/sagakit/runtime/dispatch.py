@@ -8,6 +8,10 @@ consumes them, and go straight to each queue by name:
   the one kombu's Redis transport writes (``LPUSH`` of its JSON to the queue's list);
 - `CeleryDispatcher` (any other broker): kombu's producer, batched where the transport can.
 
+A step whose task is an existing Celery task (`Step.args`) is sent as that task would be
+sent by its own callers: its own kwargs, no time limits in the message (the task's own
+apply), and the step's ids in `messages.STEP_HEADER`.
+
 A step's timeout travels in a header (`messages.TIMEOUT_HEADER`): the worker's heartbeat
 reports it with each running attempt, and the sweeper times out an attempt that overruns.
 With ``time_limits`` the message also carries Celery's soft limit (the timeout) and hard
@@ -28,7 +32,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..journal import Entry
-from ..messages import SIGNATURE_HEADER, STATE_HEADER, TIMEOUT_HEADER, OutboxMessage, signature
+from ..messages import (
+    SIGNATURE_HEADER,
+    STATE_HEADER,
+    STEP_HEADER,
+    TIMEOUT_HEADER,
+    OutboxMessage,
+    signature,
+    signed_kwargs,
+)
 from ..streams.codec import encode
 
 logger = logging.getLogger(__name__)
@@ -70,25 +82,21 @@ class CeleryDispatcher:
     def task_message(self, m: OutboxMessage) -> tuple[dict[str, Any], dict[str, Any], Any]:
         """Celery's (headers, properties, body) of one step message."""
         limits: dict[str, Any] = {}
-        if self.time_limits and m.timeout is not None:
+        if self.time_limits and m.timeout is not None and m.call is None:
             limits = {"soft_time_limit": m.timeout, "time_limit": m.timeout + 2 * self.grace}
+        kwargs = body_kwargs(m)
         headers, properties, body, _ = self.app.amqp.create_task_message(
             m.task_id,
             m.task_name,
             (),
-            dict(m.kwargs),
+            kwargs,
             ignore_result=True,
-            kwargsrepr=repr(dict(m.kwargs)),
+            kwargsrepr=repr(kwargs),
             argsrepr="()",
             **limits,
         )
-        if m.timeout is not None:
-            headers[TIMEOUT_HEADER] = m.timeout
-        if m.state is not None:
-            headers[STATE_HEADER] = m.state
-        if m.trace is not None:
-            headers.update(m.trace)
-        self.sign(headers, m, m.kwargs)
+        headers.update(custom_headers(m))
+        self.sign(headers, m, signed_kwargs(m.kwargs, m.call))
         return headers, properties, body
 
     def send(
@@ -159,9 +167,9 @@ class RedisDispatcher(CeleryDispatcher):
         registry, which cost 0.3 ms per message on this path (docs/architecture.md, "Costs");
         a test holds the two to the same message.
         """
-        kwargs = dict(m.kwargs)
+        kwargs = body_kwargs(m)
         limits: list[float | None] = [None, None]
-        if self.time_limits and m.timeout is not None:
+        if self.time_limits and m.timeout is not None and m.call is None:
             limits = [m.timeout + 2 * self.grace, m.timeout]
         headers: dict[str, Any] = {
             "lang": "py",
@@ -183,14 +191,9 @@ class RedisDispatcher(CeleryDispatcher):
             "replaced_task_nesting": 0,
             "stamped_headers": None,
             "stamps": {},
+            **custom_headers(m),
         }
-        if m.timeout is not None:
-            headers[TIMEOUT_HEADER] = m.timeout
-        if m.state is not None:
-            headers[STATE_HEADER] = m.state
-        if m.trace is not None:
-            headers.update(m.trace)
-        self.sign(headers, m, kwargs)
+        self.sign(headers, m, signed_kwargs(m.kwargs, m.call))
         body = json.dumps([[], kwargs, _NO_CALLBACKS], separators=(",", ":"))
         return json.dumps(
             {
@@ -237,6 +240,25 @@ class RedisDispatcher(CeleryDispatcher):
             logger.warning("broker refused %d messages: %s", len(messages), exc)
             return list(messages)
         return []
+
+
+def body_kwargs(m: OutboxMessage) -> dict[str, Any]:
+    """The kwargs the task is called with: an existing task's own, or the step's."""
+    return dict(m.call) if m.call is not None else dict(m.kwargs)
+
+
+def custom_headers(m: OutboxMessage) -> dict[str, Any]:
+    """sagakit's headers of one step message."""
+    headers: dict[str, Any] = {}
+    if m.timeout is not None:
+        headers[TIMEOUT_HEADER] = m.timeout
+    if m.state is not None:
+        headers[STATE_HEADER] = m.state
+    if m.call is not None:
+        headers[STEP_HEADER] = dict(m.kwargs)
+    if m.trace is not None:
+        headers.update(m.trace)
+    return headers
 
 
 def dispatcher_for(

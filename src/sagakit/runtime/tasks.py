@@ -135,7 +135,7 @@ def execute(
                 span.ignored("not outstanding in the saga log")
             return
         key = or_requeue(task, "the saga log's key cannot be read", log.state_key)
-        snapshot = _carried(task.request, kwargs, message, key)
+        snapshot = carried(task.request, kwargs, message, key)
         small_input, item = None, message.get("item")
         if snapshot is None:
             check = or_requeue(
@@ -158,6 +158,8 @@ def execute(
                 check.input,
                 message.get("item", check.item),
             )
+        if not deployed(engine, snapshot):
+            return
         context = StepContext(
             saga_id=saga_id,
             saga_type=message["saga_type"],
@@ -198,7 +200,22 @@ def execute(
         finish({"output": output})
 
 
-def _carried(
+def deployed(engine: Any, snapshot: Snapshot) -> bool:
+    """Tell whether this worker has the definition version the saga runs; if not, say so
+    once: the attempt is not run here (the sweeper sends it again once that version is
+    deployed somewhere), and the saga is not advanced by another version."""
+    head = snapshot.state
+    if engine.deployed(head.saga_type, head.definition_version):
+        return True
+    logger.warning(
+        "delivery ignored: the saga runs %s version %d, which is not deployed here",
+        head.saga_type,
+        head.definition_version,
+    )
+    return False
+
+
+def carried(
     request: Any, kwargs: Mapping[str, Any], message: StepKwargs, key: bytes
 ) -> Snapshot | None:
     """The saga state the message carries, if its seal holds and it is for this attempt.

@@ -119,7 +119,9 @@ STEP_READ = (*STEP_COLUMNS, "output", *MESSAGE_COLUMNS)
 """A step row's columns: the instance's state, its output and its current message."""
 HISTORY_READ = ("id", *HISTORY_COLUMNS)
 
-JSON_COLUMNS = frozenset({"input", "sources", "item", "output", "detail", "running", "reserved"})
+JSON_COLUMNS = frozenset(
+    {"input", "sources", "item", "output", "detail", "running", "reserved", "definitions"}
+)
 """Columns of the schema's JSON type (text on SQLite)."""
 TIME_COLUMNS = frozenset(
     {"created_at", "updated_at", "finished_at", "deadline_at", "at", "started_at", "beat_at"}
@@ -305,6 +307,20 @@ def running(db: Connections) -> list[tuple[str, str, float]]:
         for held in r["running"] or ()
         if held[1] is not None
     ]
+
+
+def deployed(db: Connections) -> dict[str, set[int]] | None:
+    """The definition versions the live workers can advance, by saga type; None when no
+    worker says (none runs, or all predate the column's writer)."""
+    rows = _rows(db, "SELECT definitions FROM sagakit_workers", {}, ("definitions",))
+    said = [r["definitions"] for r in rows if r["definitions"] is not None]
+    if not said:
+        return None
+    found: dict[str, set[int]] = {}
+    for pairs in said:
+        for saga_type, version in pairs:
+            found.setdefault(str(saga_type), set()).add(int(version))
+    return found
 
 
 def has_log(db: Connections) -> bool:

@@ -38,6 +38,8 @@ class Beat:
     pid: int
     started_at: datetime
     held: tuple[Held, ...] = ()
+    definitions: tuple[tuple[str, int], ...] = ()
+    """The (saga type, version) pairs the worker can advance."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,8 @@ class Pending:
     task_name: str
     queue: str
     not_before: datetime
+    definition_version: int = 1
+    """The version of its saga's definition (the one that builds the message)."""
 
 
 def _encode(held: Iterable[Held]) -> list[list[Any]]:
@@ -89,6 +93,7 @@ def beat(db: sa.Engine, heartbeat: Beat, now: datetime) -> WorkerRow | None:
         "beat_at": now,
         "running": _encode(h for h in heartbeat.held if h.started is not None),
         "reserved": _encode(h for h in heartbeat.held if h.started is None),
+        "definitions": [list(d) for d in sorted(heartbeat.definitions)],
     }
     with db.begin() as conn:
         old = conn.execute(
@@ -141,6 +146,7 @@ def _pending(rows: Sequence[Any]) -> list[Pending]:
             r.task_name,
             r.queue,
             r.not_before,
+            getattr(r, "definition_version", 1),
         )
         for r in rows
     ]
@@ -160,13 +166,15 @@ def _pending_select() -> Any:
         st.task_name,
         st.queue,
         st.not_before,
+        s.definition_version,
     ).select_from(t.steps.join(t.sagas, s.saga_id == st.saga_id))
 
 
 def take_due(
-    db: sa.Engine, now: datetime, saga_types: Collection[str], limit: int
+    db: sa.Engine, now: datetime, definitions: Collection[tuple[str, int]], limit: int
 ) -> list[Pending]:
-    """Mark sent and return the unsent messages that are due, of the given saga types."""
+    """Mark sent and return the unsent messages that are due, of sagas that run one of the
+    given definitions (saga type, version): those of other versions wait for theirs."""
     st = t.steps.c
     with db.begin() as conn:
         rows = conn.execute(
@@ -175,7 +183,7 @@ def take_due(
                 st.sent_at.is_(None),
                 st.status.in_(BUSY_STATUSES),
                 st.not_before <= now,
-                t.sagas.c.saga_type.in_(list(saga_types)),
+                sa.tuple_(t.sagas.c.saga_type, t.sagas.c.definition_version).in_(list(definitions)),
             )
             .order_by(st.not_before)
             .limit(limit)

@@ -184,9 +184,11 @@ workers = sa.Table(
     sa.Column("beat_at", UTCDateTime, nullable=False),
     sa.Column("running", Json),
     sa.Column("reserved", Json),
+    sa.Column("definitions", Json),
 )
-"""Heartbeats of live workers, with the task ids each runs and holds: a worker that stops
-beating has lost them."""
+"""Heartbeats of live workers, with the task ids each runs and holds (a worker that stops
+beating has lost them) and the definitions it can advance, ``[[saga type, version], ...]``
+(a saga whose version no live worker lists is not deployed)."""
 
 metrics = sa.Table(
     "sagakit_metrics",

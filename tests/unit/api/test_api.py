@@ -113,6 +113,17 @@ class TestOpenApi:
     def client(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         yield from running_client(tmp_path_factory.mktemp("api"))
 
+    def test_a_start_may_pin_a_deployed_version(self, client: TestClient) -> None:
+        pinned = client.post("/api/sagas", json={"type": "slam", "input": MISSION, "version": 1})
+        assert pinned.status_code == 202, pinned.text
+        detail = wait_settled(client, pinned.json()["id"])
+        assert detail["definition_version"] == 1
+        assert detail["definition_deployed"] is None  # ended: nothing left to advance
+        missing = client.post("/api/sagas", json={"type": "slam", "input": MISSION, "version": 7})
+        assert missing.status_code == 409
+        assert missing.json()["field"] == "version"
+        assert "'slam' version 7 is not deployed here (deployed: v1)" in missing.json()["detail"]
+
     def test_start_answers_202_with_links_and_the_saga_completes(self, client: TestClient) -> None:
         response = client.post("/api/sagas", json={"type": "slam", "input": MISSION})
 
@@ -478,7 +489,7 @@ class TestOpenApi:
             assert path in paths, path
         assert set(paths["/api/sagas"]) == {"get", "post"}
         start_op = paths["/api/sagas"]["post"]
-        assert set(start_op["responses"]) == {"202", "400", "422"}
+        assert set(start_op["responses"]) == {"202", "400", "409", "422"}
         # One saga type registered: the body is documented as that type's own start body.
         assert start_op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
             "/StartSlam"

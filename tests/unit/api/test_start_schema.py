@@ -95,7 +95,7 @@ def test_the_body_is_a_union_discriminated_on_type_with_one_member_per_saga_type
         schema = member(spec, saga_type)
         assert schema["properties"]["type"]["const"] == saga_type
         assert schema["additionalProperties"] is False
-        assert set(schema["properties"]) == {"type", "input"}
+        assert set(schema["properties"]) == {"type", "input", "version"}
 
 
 def test_a_member_shows_its_input_model_with_descriptions_and_limits(

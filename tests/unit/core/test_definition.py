@@ -422,3 +422,60 @@ def test_policy_validate_reports_none_when_sound() -> None:
     assert RetryPolicy(max_attempts=0).validate("where") == (
         "where.max_attempts must be at least 1 (or None for unbounded)"
     )
+
+
+class TestExistingTasks:
+    """`Step.args`: an existing task's keyword arguments, each from a path."""
+
+    def _saga(self, **options: object) -> Saga:
+        return Saga(
+            "order",
+            [
+                Step("reserve", "shop.reserve", "shop.release"),
+                Step("charge", "shop.charge", "shop.refund", **options),  # type: ignore[arg-type]
+            ],
+        )
+
+    def test_paths_name_the_input_ids_and_earlier_steps(self) -> None:
+        saga = self._saga(
+            args={"order_id": "saga_id", "amount": "input.order.amount", "r": "reserve"},
+            compensation_args={"charge_id": "charge.charge_id", "all": "input"},
+        )
+        assert saga.step("charge").plain("action") == {
+            "order_id": "saga_id",
+            "amount": "input.order.amount",
+            "r": "reserve",
+        }
+        assert saga.step("reserve").plain("action") is None
+
+    @pytest.mark.parametrize(
+        ("options", "problem"),
+        [
+            ({"args": {"x": "charge.id"}}, r"args\['x'\]='charge.id' must be"),
+            ({"args": {"x": "later.id"}}, r"args\['x'\]='later.id' must be"),
+            ({"args": {"x": "item"}}, r"args\['x'\]='item' must be"),
+            ({"args": {"x": "saga_id.part"}}, r"args\['x'\]='saga_id.part'"),
+            ({"args": {"x": "input..key"}}, r"args\['x'\]='input..key'"),
+            ({"args": {"not a name": "input"}}, "'not a name' is not an argument name"),
+            ({"args": ["input"]}, "args must map argument names to paths"),
+            ({"args": {"x": 3}}, r"args\['x'\]=3 must be"),
+        ],
+    )
+    def test_a_bad_path_is_told_when_defined(
+        self, options: dict[str, object], problem: str
+    ) -> None:
+        with pytest.raises(DefinitionError, match=problem):
+            self._saga(**options)
+
+    def test_a_step_without_a_queue_goes_where_the_routes_send_its_task(self) -> None:
+        saga = Saga(
+            "order",
+            [
+                Step("reserve", "shop.reserve", "shop.release", args={}),
+                Step("charge", "shop.charge", "shop.refund", queue="cards"),
+            ],
+        )
+        assert saga.step("reserve").queue_name == "celery"
+        routed = saga.routed({"shop.reserve": "stock"}.get)
+        assert [s.queue for s in routed.all_steps()] == ["stock", "cards"]
+        assert routed.routed(lambda _: None) == routed

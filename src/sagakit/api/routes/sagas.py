@@ -44,7 +44,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 MUTATING: dict[int | str, dict[str, Any]] = {
     **ERRORS,
-    409: {"model": Problem, "description": "The saga's status does not allow it."},
+    409: {
+        "model": Problem,
+        "description": "The saga's status does not allow it, or its definition version is "
+        "not deployed here (`field` is `version`).",
+    },
 }
 UNREADABLE: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "The body could not be read (e.g. not UTF-8)."},
@@ -52,6 +56,7 @@ UNREADABLE: dict[int | str, dict[str, Any]] = {
 WITH_BODY: dict[int | str, dict[str, Any]] = {**MUTATING, **UNREADABLE}
 STARTING: dict[int | str, dict[str, Any]] = {
     422: {"model": Problem, "description": "Invalid input or unknown type: `field` says which."},
+    409: {"model": Problem, "description": "The pinned `version` is not deployed here."},
     **UNREADABLE,
 }
 
@@ -93,7 +98,9 @@ def start_router(saga_types: Mapping[str, Saga]) -> APIRouter:
     ) -> Started:
         """Start a saga; the same Idempotency-Key twice returns the same saga."""
         system.check_broker()
-        result = system.engine.start(body.type, body.input, idempotency_key=idempotency_key)
+        result = system.engine.start(
+            body.type, body.input, idempotency_key=idempotency_key, version=body.version
+        )
         record = system.queries.get(result.saga_id)
         response.headers["Location"] = f"/api/sagas/{result.saga_id}"
         return _started(result.saga_id, result.created, record.status)
