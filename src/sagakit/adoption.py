@@ -26,7 +26,7 @@ from celery import signals
 
 from .environ import DATABASE_URL
 from .runtime.adopted import install
-from .runtime.app import bind_engine
+from .runtime.app import bind_engine, bind_tracing, tracing_for
 from .runtime.worker import SweeperThread
 from .settings import Settings, load_settings
 from .sweeper import Sweeper
@@ -41,6 +41,7 @@ def adopt(app: Any, *, saga_log: bool | None = None, settings: Settings | None =
     queue. The app's ``task_routes`` also route the steps that name no queue.
     """
     install()
+    _trace(app, settings)
     if getattr(app, "sagakit_message_key", None) is None:
         key = settings.message_key if settings is not None else None
         app.sagakit_message_key = key or os.environ.get("SAGAKIT_MESSAGE_KEY") or None
@@ -82,3 +83,16 @@ def _beat(system: Callable[[], System], interval: float) -> None:
 
     signals.worker_ready.connect(start, weak=False)
     signals.worker_shutdown.connect(stop, weak=False)
+
+
+def _trace(app: Any, settings: Settings | None) -> None:
+    """With ``SAGAKIT_TRACING``, Celery's span of each existing task's attempt gets the
+    attempt's attributes (`tracing.spans.Tracing.existing`); the SDK is set up as in a
+    sagakit process unless the app set up its own before calling `adopt`."""
+    wanted = os.environ.get("SAGAKIT_TRACING", "").strip().lower() in ("1", "true", "yes", "on")
+    if (settings.tracing if settings is not None else wanted) and tracing_for(app) is None:
+        from .tracing.setup import install as install_tracing
+        from .tracing.spans import Tracing
+
+        install_tracing()
+        bind_tracing(app, Tracing())

@@ -94,6 +94,33 @@ def test_a_message_carries_the_given_then_the_current_then_the_recorded_context(
     assert asked == [{"s1", "s2"}, {"s1"}]
 
 
+def test_an_existing_tasks_span_gets_the_attempts_attributes(
+    tracing: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    """Celery's span of an existing task is its attempt's: `runtime.adopted` names it."""
+    tracer, exporter = tracing
+    message: Any = {
+        "saga_id": "s1",
+        "saga_type": "order",
+        "step": "charge",
+        "attempt": 2,
+        "direction": "action",
+    }
+    with tracer.tracer.start_as_current_span("run/shop.charge"):
+        tracer.existing(message, {"error": "CardDeclined: no", "retryable": False})
+    tracer.existing(message, {"output": 1})  # outside any span: nothing to name
+    (span,) = exporter.get_finished_spans()
+    assert dict(span.attributes or {}) == {
+        "sagakit.saga.id": "s1",
+        "sagakit.saga.type": "order",
+        "sagakit.step": "charge",
+        "sagakit.attempt": 2,
+        "sagakit.direction": "action",
+        "sagakit.outcome": "failed",
+    }
+    assert span.status.status_code.name == "ERROR"
+
+
 def test_a_failed_lookup_sends_the_messages_without_a_parent(
     tracing: tuple[Tracing, InMemorySpanExporter],
 ) -> None:

@@ -46,7 +46,7 @@ from ..messages import (
     unseal,
 )
 from ..store.log import Snapshot
-from .app import engine_for, message_key
+from .app import engine_for, message_key, tracing_for
 from .outcomes import Outcome, failure, hand_over, record
 
 logger = logging.getLogger(__name__)
@@ -215,6 +215,9 @@ def finish(task: Any, outcome: Outcome) -> None:
     except BadMessage as exc:
         logger.warning("%s; its outcome is not recorded", exc)
         return
+    tracing = tracing_for(task.app)
+    if tracing is not None:  # Celery's span of the task is the attempt's
+        tracing.existing(message, outcome)
     worker = request.hostname or socket.gethostname()
     started = getattr(request, STARTED, None) or datetime.now(UTC)
     engine = engine_for(task.app)

@@ -100,6 +100,16 @@ class Tracing:
         first = replace(rows[0], detail={**(rows[0].detail or {}), "trace": carrier["traceparent"]})
         return carried, [first, *rows[1:]]
 
+    def existing(self, message: StepKwargs, outcome: Mapping[str, Any]) -> None:
+        """An existing task's attempt (`runtime.adopted`): its code is not sagakit's, so
+        Celery's span of the task (its instrumentation's, current while the outcome is
+        learnt) is the attempt's span and gets its attributes and outcome."""
+        span = trace.get_current_span()
+        if not span.is_recording():
+            return
+        span.set_attributes(_attributes(message))
+        AttemptSpan(span).outcome(outcome)
+
     @contextmanager
     def attempt(self, request: Any, message: StepKwargs) -> Iterator[AttemptSpan]:
         """One attempt's span, current inside: a child of Celery's span for the task when
@@ -108,20 +118,12 @@ class Tracing:
         if not trace.get_current_span().get_span_context().is_valid:
             carried = {k: v for k in CARRIED if isinstance(v := getattr(request, k, None), str)}
             parent = propagate.extract(carried)
-        direction = message["direction"]
-        verb = "step" if direction == "action" else "compensate"
-        attributes: dict[str, str | int] = {
-            SAGA_ID: message["saga_id"],
-            SAGA_TYPE: message["saga_type"],
-            STEP: message["step"],
-            ATTEMPT: message["attempt"],
-            DIRECTION: direction,
-        }
+        verb = "step" if message["direction"] == "action" else "compensate"
         with self.tracer.start_as_current_span(
             f"{verb} {message['step'].split('[', 1)[0]}",
             context=parent,
             kind=SpanKind.CONSUMER,
-            attributes=attributes,
+            attributes=_attributes(message),
             set_status_on_exception=False,  # the outcome says (Celery's Ignore is no error)
         ) as span:
             running = _RUNNING.set(message["saga_id"])
@@ -129,3 +131,13 @@ class Tracing:
                 yield AttemptSpan(span)
             finally:
                 _RUNNING.reset(running)
+
+
+def _attributes(message: StepKwargs) -> dict[str, str | int]:
+    return {
+        SAGA_ID: message["saga_id"],
+        SAGA_TYPE: message["saga_type"],
+        STEP: message["step"],
+        ATTEMPT: message["attempt"],
+        DIRECTION: message["direction"],
+    }
