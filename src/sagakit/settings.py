@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     flower_port: int = 5555
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    flower_url: str | None = None
+    """Flower as the browser reaches it, for the dashboard's task links (default: the API's
+    host on ``flower_port``)."""
     flower_user: str = "admin"
     flower_password: str | None = None
     """Flower's basic-auth password under ``sagakit up``; generated into the data dir if unset."""
