@@ -21,16 +21,23 @@ if TYPE_CHECKING:
 
 ROBOTS = """
 {% if robots %}
+{% set held = robots | selectattr("held_by") | list %}
+{% if held %}
 <ul class="robots">
-{% for r in robots %}
+{% for r in held %}
   <li class="robot r-{{ r.state }}">
     <span class="mono robot-name">{{ r.name }}</span>
-    {% if r.held_by %}<a class="mono" href="/sagas/{{ r.held_by }}">{{ r.held_by[:12] }}…</a>
+    <a class="mono" href="/sagas/{{ r.held_by }}">{{ r.held_by[:12] }}…</a>
     <span class="muted small">since {{ r.since | when }}</span>
-    {% else %}<span class="muted small">{{ r.state | replace('_', ' ') }}</span>{% endif %}
   </li>
 {% endfor %}
 </ul>
+{% endif %}
+{% set others = robots | rejectattr("held_by") | list %}
+{% if others %}
+<p class="robots-free"><span class="muted small">Not held:</span>
+{% for r in others %}<span class="chip mono r-{{ r.state }}" title="{{ r.state | replace('_', ' ') }}">{{ r.name }}{% if r.state != "free" %} · {{ r.state }}{% endif %}</span> {% endfor %}</p>
+{% endif %}
 <p class="muted small">{{ busy }} of {{ robots | length }} robots held by a mission.</p>
 {% else %}<p class="muted">No robots yet: <code>sagakit robots add 8</code>.</p>{% endif %}
 """
@@ -66,13 +73,13 @@ def map_panel(detail: Mapping[str, Any]) -> Mapping[str, Any] | None:
         row = conn.execute(sa.select(maps).where(maps.c.saga_id == detail["id"])).first()
     if row is None:
         return None
-    width = int(detail.get("input", {}).get("width", 80))
+    width = int.from_bytes(row.png[16:20], "big")  # the PNG's own width (its IHDR chunk)
     return {
         "src": "data:image/png;base64," + base64.b64encode(row.png).decode(),
         "saga_id": detail["id"],
         "coverage": row.coverage,
         "accuracy": row.accuracy,
-        "width": max(320, min(width * 8, 960)),
+        "width": width,
     }
 
 
