@@ -36,7 +36,11 @@ ROBOTS = """
 {% set others = robots | rejectattr("held_by") | list %}
 {% if others %}
 <p class="robots-free"><span class="muted small">Not held:</span>
-{% for r in others %}<span class="chip mono r-{{ r.state }}" title="{{ r.state | replace('_', ' ') }}">{{ r.name }}{% if r.state != "free" %} · {{ r.state }}{% endif %}</span> {% endfor %}</p>
+{% for r in others %}
+  <span class="chip mono r-{{ r.state }}" title="{{ r.state | replace('_', ' ') }}">
+    {{- r.name }}{% if r.state != "free" %} · {{ r.state }}{% endif -%}
+  </span>
+{% endfor %}</p>
 {% endif %}
 <p class="muted small">{{ busy }} of {{ robots | length }} robots held by a mission.</p>
 {% else %}<p class="muted">No robots yet: <code>sagakit robots add 8</code>.</p>{% endif %}
