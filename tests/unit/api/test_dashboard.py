@@ -186,3 +186,22 @@ def test_a_wide_saga_with_many_retries_keeps_one_lane_per_instance() -> None:
         assert min(bar.width for bar in lane.bars) >= timeline.MIN_BAR
     undo_x = [lane.bars[-1].x for lane in drawn.lanes]
     assert undo_x == sorted(undo_x, reverse=True)  # the later branch was undone first
+
+
+def test_cancel_from_a_running_sagas_page(client: TestClient) -> None:
+    sign_in(client, TOKEN)
+    saga_id = start(
+        client, "slam", {"robots": 2, "area": "cancel", "faults": {"slow": {"explore": 3}}}
+    )
+    page = client.get(f"/sagas/{saga_id}").text
+    assert "Cancel saga" in page and "What would be undone now" in page
+    done = client.post(
+        f"/sagas/{saga_id}/cancel",
+        content=f"csrf={csrf_of(page)}",
+        headers=FORM,
+        follow_redirects=False,
+    )
+    assert done.status_code == 303
+    assert settled(client, saga_id) == "compensated"
+    reason = client.get(f"/api/sagas/{saga_id}", headers=BEARER).json()["reason"]
+    assert reason == "cancelled: cancelled from the dashboard by Ada"
