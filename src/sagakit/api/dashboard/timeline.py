@@ -19,6 +19,8 @@ LANE = 26.0
 BAR = 14.0
 AXIS = 28.0
 MIN_BAR = 3.0
+MIN_UNDO = 7.0
+"""Compensations are often a few milliseconds: drawn at least this wide, to be seen."""
 STEPS = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
 
 
@@ -122,7 +124,8 @@ def build(detail: dict[str, Any], now: datetime) -> Timeline:
             if a["direction"] == "action":
                 previous_end = ended
             left = x(offset(began))
-            width = max(x(offset(ended)) - left, MIN_BAR)
+            least = MIN_UNDO if a["direction"] == "compensation" else MIN_BAR
+            width = max(x(offset(ended)) - left, least)
             verb = "undo" if a["direction"] == "compensation" else "attempt"
             took = (ended - began).total_seconds()
             title = f"{step['name']}: {verb} {a['attempt']} {a['status']} ({took:.3f}s)"
