@@ -456,7 +456,7 @@ class TestOpenApi:
 
         root = client.get(
             "/", follow_redirects=False
-        )  # the dashboard (tests/unit/api/test_dashboard.py)
+        )  # the dashboard (tests/unit/api/test_dashboard_http.py)
         assert root.status_code in (200, 303)
 
     def test_openapi_describes_the_api(self, client: TestClient) -> None:

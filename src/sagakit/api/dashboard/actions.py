@@ -50,6 +50,8 @@ async def _act(
         return problem_page(request, system, exc)
     try:
         notice = await run_in_threadpool(work, form)
+    except outages.Unreachable as exc:
+        notice = f"not done: {exc}"
     except SagaError as exc:
         notice = f"refused: {exc}"
     except Exception as exc:

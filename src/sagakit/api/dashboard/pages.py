@@ -26,7 +26,7 @@ from ...queries import STATUSES, summary_view
 from ...runtime.dispatch import BrokerWatch
 from ...system import System
 from ..deps import SystemDep
-from ..errors import status_for
+from ..errors import RETRY_AFTER, status_for
 from . import graph, timeline
 from .panels import Dashboard
 from .session import OPERATOR_COOKIE, SESSION_COOKIE, Viewer, role_for, session_value, viewer
@@ -97,7 +97,8 @@ def render(
 ) -> HTMLResponse:
     """A page, with what every page shows: who is looking, the notice of the last action."""
     who = values.pop("who", None) or viewer(request, system.settings)
-    flash = request.cookies.get(FLASH_COOKIE)
+    # A fragment (a live refresh) leaves the notice of the last action to the page.
+    flash = None if name.startswith("_") else request.cookies.get(FLASH_COOKIE)
     response = templates.TemplateResponse(
         request,
         name,
@@ -117,7 +118,10 @@ def problem_page(request: Request, system: System, exc: Exception) -> HTMLRespon
             raise exc
         exc = found
     status = status_for(exc)
-    return render(request, system, "problem.html", status, status=status, detail=str(exc))
+    page = render(request, system, "problem.html", status, status=status, detail=str(exc))
+    if status == 503:
+        page.headers["Retry-After"] = RETRY_AFTER
+    return page
 
 
 def guarded(request: Request, system: System, page: Callable[[Viewer], Response]) -> Response:
