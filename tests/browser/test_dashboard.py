@@ -115,16 +115,38 @@ def settle(stack: Stack, saga_id: str, timeout: float = 60) -> str:
             time.sleep(0.1)
 
 
-def test_the_list_shows_a_running_mission_appear_and_settle_live(page: Page, stack: Stack) -> None:
+def test_the_list_shows_a_running_mission_appear_and_settle_live(
+    page: Page, stack: Stack, context: BrowserContext
+) -> None:
     page.goto(f"{stack.api}/")
     expect(page.locator("[data-live-indicator]")).to_be_visible()  # the stream is open
     page.evaluate("window.__sameDocument = true")
-    saga_id = start(
-        stack, "slam", {"robots": 2, "area": "live-list", "faults": {"slow": {"explore": 2}}}
-    )
+    slow = {"slow": {"explore": 3}}
+    saga_id = start(stack, "slam", {"robots": 2, "area": "live-list", "faults": slow})
     row = page.locator(f'tr[data-saga="{saga_id}"]')
     expect(row).to_have_attribute("data-status", "running")
     expect(row.locator(".badge")).to_contain_text("running")
+
+    # Its own page follows it too: the timeline keeps time, and it settles in place.
+    saga = context.new_page()
+    errors: list[str] = []
+    saga.on("pageerror", lambda error: errors.append(str(error)))
+    saga.goto(f"{stack.api}/sagas/{saga_id}")
+    running = saga.locator('rect.bar[data-status="running"]').first
+    expect(running).to_be_attached()
+    before = running.get_attribute("width")
+    saga.evaluate("window.__sameDocument = true")
+    saga.wait_for_function(
+        "w => { const b = document.querySelector('rect.bar[data-status=running]');"
+        " return !b || b.getAttribute('width') !== w; }",
+        arg=before,
+    )
+    expect(saga.locator(".page-head .badge")).to_contain_text("completed", timeout=30_000)
+    expect(saga.locator(".now")).to_have_count(0)
+    assert saga.evaluate("window.__sameDocument") is True
+    saga.close()
+    assert errors == []
+
     expect(row).to_have_attribute("data-status", "completed", timeout=30_000)
     assert page.evaluate("window.__sameDocument") is True  # no reload: updated in place
 

@@ -44,6 +44,8 @@ class Gap:
 
     x1: float
     x2: float
+    start: str
+    end: str
 
 
 @dataclass
@@ -73,6 +75,11 @@ class Timeline:
     now_x: float | None
     start: str
     span: float
+    now: str
+    label: float = LABEL
+    plot: float = WIDTH - LABEL - 16
+    """Where the plot begins and how wide it is (the page's script redraws a running saga
+    as time passes, with the same scale)."""
 
 
 def _at(value: Any) -> datetime | None:
@@ -102,7 +109,7 @@ def build(detail: dict[str, Any], now: datetime) -> Timeline:
             instants += [t for k in ("started_at", "finished_at") if (t := _at(a[k]))]
     end = now if running else max([*instants, _at(detail["finished_at"]) or start])
     span = max((end - start).total_seconds(), 0.001)
-    scale = (WIDTH - LABEL - 16) / span
+    scale = (WIDTH - LABEL - 16) / span  # the page's script uses the same (Timeline.plot)
 
     def x(seconds: float) -> float:
         return round(LABEL + seconds * scale, 2)
@@ -120,7 +127,8 @@ def build(detail: dict[str, Any], now: datetime) -> Timeline:
                 continue
             ended = _at(a["finished_at"]) or (now if a["status"] in ("running",) else began)
             if a["direction"] == "action" and previous_end is not None and began > previous_end:
-                lane.gaps.append(Gap(x(offset(previous_end)), x(offset(began))))
+                left, right = x(offset(previous_end)), x(offset(began))
+                lane.gaps.append(Gap(left, right, previous_end.isoformat(), began.isoformat()))
             if a["direction"] == "action":
                 previous_end = ended
             left = x(offset(began))
@@ -149,4 +157,5 @@ def build(detail: dict[str, Any], now: datetime) -> Timeline:
         now_x=x(offset(now)) if running else None,
         start=start.isoformat(),
         span=span,
+        now=now.isoformat(),
     )

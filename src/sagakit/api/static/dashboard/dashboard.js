@@ -81,8 +81,62 @@
     });
   }
 
+  // While a saga runs, its timeline keeps time: every second the bars, backoffs, ticks and
+  // the "now" line are laid out again on the scale the server used (start to now), with the
+  // server's clock carried forward (a browser's clock may be off).
+  var STEPS = [0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200];
+  var NS = "http://www.w3.org/2000/svg";
+  function keepTime(svg) {
+    if (!svg.querySelector(".now") || svg.dataset.ticking) return;
+    svg.dataset.ticking = "1";
+    var t0 = Date.parse(svg.dataset.start), served = Date.parse(svg.dataset.now);
+    var loaded = performance.now(), label = +svg.dataset.label, plot = +svg.dataset.plot;
+    var label_of = function (s) {
+      if (s >= 60) { var m = Math.floor(s / 60), r = Math.round(s % 60); return m + "m" + (r ? pad(r) + "s" : ""); }
+      return (+s.toFixed(3)) + "s";
+    };
+    var timer = setInterval(function () {
+      if (!svg.isConnected) { clearInterval(timer); return; }
+      var now = served + (performance.now() - loaded);
+      var span = Math.max((now - t0) / 1000, 0.001), scale = plot / span;
+      var x = function (t) { return label + ((t - t0) / 1000) * scale; };
+      svg.querySelectorAll("rect.bar").forEach(function (bar) {
+        var s = Date.parse(bar.dataset.start);
+        var e = bar.dataset.status === "running" ? now : Date.parse(bar.dataset.end);
+        var least = bar.dataset.direction === "compensation" ? 7 : 3;
+        bar.setAttribute("x", x(s).toFixed(2));
+        bar.setAttribute("width", Math.max(x(e) - x(s), least).toFixed(2));
+      });
+      svg.querySelectorAll("line.gap").forEach(function (gap) {
+        gap.setAttribute("x1", x(Date.parse(gap.dataset.from)).toFixed(2));
+        gap.setAttribute("x2", x(Date.parse(gap.dataset.to)).toFixed(2));
+      });
+      var mark = svg.querySelector(".now");
+      mark.querySelector("line").setAttribute("x1", x(now).toFixed(2));
+      mark.querySelector("line").setAttribute("x2", x(now).toFixed(2));
+      mark.querySelector("text").setAttribute("x", x(now).toFixed(2));
+      var step = STEPS.find(function (s) { return span / s <= 8; }) || STEPS[STEPS.length - 1];
+      var ticks = svg.querySelectorAll("g.tick"), height = svg.viewBox.baseVal.height;
+      var count = Math.floor(span / step) + 1;
+      ticks.forEach(function (t) { t.remove(); });
+      var before = svg.querySelector("g.lane");
+      for (var i = 0; i < count; i++) {
+        var g = document.createElementNS(NS, "g"), line = document.createElementNS(NS, "line");
+        var text = document.createElementNS(NS, "text"), at = label + i * step * scale;
+        g.setAttribute("class", "tick");
+        line.setAttribute("x1", at); line.setAttribute("x2", at);
+        line.setAttribute("y1", 18); line.setAttribute("y2", height - 4);
+        text.setAttribute("x", at); text.setAttribute("y", 13);
+        text.textContent = "+" + label_of(i * step);
+        g.appendChild(line); g.appendChild(text);
+        svg.insertBefore(g, before);
+      }
+    }, 1000);
+  }
+
   function enhance(root) {
     localTimes(root);
+    root.querySelectorAll("svg.timeline").forEach(keepTime);
     root.querySelectorAll("[data-copy]").forEach(function (button) {
       if (button.dataset.bound) return;
       button.dataset.bound = "1";
