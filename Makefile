@@ -9,7 +9,7 @@ BASE := $(VENV)/.installed-base-$(HASH)
 DEV := $(VENV)/.installed-dev-$(HASH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-fast check lint format typecheck compose-check swagger-ui clean
+.PHONY: install demo test test-fast check lint format typecheck compose-check swagger-ui screenshots clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "sagakit needs Python >= 3.11"'
@@ -59,6 +59,10 @@ compose-check:
 # Refresh the vendored Swagger UI behind /docs (needs npm): make swagger-ui VERSION=5.x.y
 swagger-ui:
 	scripts/vendor-swagger-ui $(VERSION)
+
+# The dashboard's screenshots in docs/images (embedded default; Debian's chromium).
+screenshots: $(DEV)
+	$(BIN)/python scripts/screenshots --out docs/images
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis sagakit.db* out

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
+import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .core.errors import InvalidInput
 from .core.inputs import check_saga_id
+from .core.machine import UndoPlan, undo_plan
 from .core.state import SagaState
 from .journal import OUTCOME_EVENTS, OUTCOME_LABELS, event_of
-from .store import reads
+from .store import overview, reads
 from .store.dbapi import Connections
+from .store.overview import FailedSaga, WorkerBeat
 from .store.reads import Cursor, HistoryRecord, SagaRecord, StepRecord
 
 if TYPE_CHECKING:
@@ -84,6 +88,7 @@ def summary_view(record: SagaRecord, deployed: Deployed = None) -> dict[str, Any
         "updated_at": iso(record.updated_at),
         "finished_at": iso(record.finished_at),
         "duration": duration(record.created_at, record.finished_at),
+        "stage": record.state.stage,
     }
 
 
@@ -243,6 +248,52 @@ def saga_view(
     }
 
 
+STATUSES = ("pending", "running", "compensating", "completed", "compensated", "failed")
+SETTLED = ("completed", "compensated", "failed")
+_DIGITS = re.compile(r"\d+")
+
+
+@dataclass
+class AttentionGroup:
+    """Failed sagas that stopped at the same step with the same error (digits aside)."""
+
+    saga_type: str
+    step: str
+    kind: str
+    """``compensation`` when a compensation exhausted its retries, else ``action``."""
+    error: str
+    sagas: list[FailedSaga] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class TypeHealth:
+    """One saga type over the health window."""
+
+    saga_type: str
+    started: int
+    settled: dict[str, int]
+    p50: float | None
+    p95: float | None
+    compensation_failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The health window's figures per type, and every worker's heartbeat."""
+
+    since: datetime
+    types: list[TypeHealth]
+    workers: list[WorkerBeat]
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float | None:
+    """The `q` quantile of sorted values (nearest rank), or None when there are none."""
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(q * len(ordered)))
+    return round(ordered[rank - 1], 3)
+
+
 class Queries:
     """Reads of the saga log for every entry point.
 
@@ -318,6 +369,62 @@ class Queries:
         following = encode_cursor(records[-1]) if more and records else None
         deployed = self.deployed() if records else None
         return [summary_view(r, deployed) for r in records], following
+
+    def counts(
+        self,
+        *,
+        saga_type: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> dict[str, int]:
+        """How many sagas are in each status, every status named (0 when none)."""
+        found = overview.count_by_status(
+            self.db,
+            saga_type=saga_type,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        return {status: found.get(status, 0) for status in STATUSES}
+
+    def undo_plan(self, saga_id: str) -> UndoPlan:
+        """What a failure or a cancel of the saga now would undo, in order (the core says)."""
+        record = self.get(saga_id)
+        return undo_plan(record.state, [s.state for s in self.steps(saga_id)])
+
+    def attention(self, *, limit: int = 500) -> list[AttentionGroup]:
+        """Failed sagas, grouped by the step they stopped at and its error, largest first."""
+        groups: dict[tuple[str, str, str, str], AttentionGroup] = {}
+        for f in overview.failed(self.db, limit=limit):
+            step = f.record.failed_step or ""
+            kind = "compensation" if f.step_status == "compensation_failed" else "action"
+            error = f.step_error or f.record.reason or ""
+            key = (f.record.saga_type, step.split("[", 1)[0], kind, _DIGITS.sub("#", error))
+            group = groups.setdefault(key, AttentionGroup(key[0], key[1], kind, error))
+            group.sagas.append(f)
+        return sorted(groups.values(), key=lambda g: -len(g.sagas))
+
+    def health(self, now: datetime, *, window: timedelta = timedelta(hours=1)) -> Health:
+        """The last `window`: sagas started and settled per type, durations, failures."""
+        since = now - window
+        started = overview.started_since(self.db, since)
+        finished = overview.finished_since(self.db, since)
+        failures = overview.compensation_failures_since(self.db, since)
+        types = sorted(set(started) | {t for t, _, _ in finished} | set(failures))
+        rows = []
+        for saga_type in types:
+            mine = [(status, took) for t, status, took in finished if t == saga_type]
+            took = sorted(seconds for _, seconds in mine)
+            rows.append(
+                TypeHealth(
+                    saga_type,
+                    started.get(saga_type, 0),
+                    {s: sum(1 for status, _ in mine if status == s) for s in SETTLED},
+                    _percentile(took, 0.5),
+                    _percentile(took, 0.95),
+                    failures.get(saga_type, 0),
+                )
+            )
+        return Health(since, rows, overview.workers(self.db))
 
     def statuses(self, saga_ids: Sequence[str]) -> dict[str, str]:
         """The status of each existing saga among `saga_ids`."""

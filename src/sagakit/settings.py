@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     set by OpenTelemetry's ``OTEL_*`` variables, see docs/deployment.md)."""
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    flower_url: str | None = None
+    """Flower as the browser reaches it, for the dashboard's task links (default: the API's
+    host on ``flower_port``)."""
     flower_user: str = "admin"
     flower_password: str | None = None
     """Flower's basic-auth password under ``sagakit up``; generated into the data dir if unset."""

@@ -56,6 +56,7 @@ DISTINCT_ENV = {
     "SAGAKIT_API_PROTECT_SYSTEM": "true",
     "SAGAKIT_FLOWER_USER": "flower-user-x",
     "SAGAKIT_FLOWER_PASSWORD": "flower-pass-x",
+    "SAGAKIT_FLOWER_URL": "https://flower.example.test",
     "SAGAKIT_BIND": "0.0.0.0",
     "SAGAKIT_LOG_LEVEL": "DEBUG",
     "SAGAKIT_TRACING": "true",

@@ -9,14 +9,14 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from ..registry import hooks
 from ..settings import Settings, load_settings
 from ..system import System
-from . import errors
+from . import dashboard, errors
 from .deps import require_token
 from .routes import events, sagas
 from .routes import system as system_routes
@@ -100,9 +100,8 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
             swagger_ui_parameters={"validatorUrl": None},
         )
 
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    # The dashboard: its pages check the same tokens through a session cookie.
+    dashboard.install(app, system)
 
     # Modules named by SAGAKIT_IMPORTS may add routes (e.g. GET /api/robots); every route
     # they add through the app's router is guarded like the others.

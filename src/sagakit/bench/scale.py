@@ -114,6 +114,11 @@ def _measure(db: sa.Engine, sagas: int, progress: Callable[[str], None]) -> dict
         "sweep: outbox depth": lambda: recovery.outbox(db, now),
         "sweep: fold metrics": lambda: stats.fold(db, datetime.now(UTC)),
         "GET /metrics (collect)": lambda: generate_latest(registry),
+        "dashboard: counts by status": lambda: queries.counts(),
+        "dashboard: counts of a type": lambda: queries.counts(saga_type="order"),
+        "dashboard: counts of the last day": lambda: queries.counts(created_after=day_ago),
+        "dashboard: needs attention": lambda: queries.attention(),
+        "dashboard: health, last hour": lambda: queries.health(datetime.now(UTC)),
     }
     timings: dict[str, Any] = {}
     for label, call in measured.items():

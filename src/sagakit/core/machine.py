@@ -16,8 +16,8 @@ parallel group waits for its siblings, then every sibling that completed is comp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import assert_never
 
 from .definition import Saga, StepKind
@@ -351,6 +351,38 @@ def _continue_compensation(t: _Transition) -> None:
 
 def _undoable(st: StepState) -> bool:
     return st.status is StepStatus.SUCCEEDED or (st.status is StepStatus.FAILED and st.maybe_effect)
+
+
+@dataclass(frozen=True, slots=True)
+class UndoPlan:
+    """What a failure or a cancel at this moment would undo (the dashboard shows it)."""
+
+    order: tuple[str, ...] = ()
+    """Instances whose compensation would run, in the order they would run."""
+    in_flight: tuple[str, ...] = ()
+    """Instances running now: each that succeeds is undone first, before `order`."""
+    blocked: str | None = None
+    """Why nothing can be undone (the pivot passed, the saga finished), if so."""
+
+
+def undo_plan(state: SagaState, steps: Iterable[StepState]) -> UndoPlan:
+    """The compensations a failure or a cancel now would run, as `decide` would run them.
+
+    Compensation waits for the instances in flight, then undoes, one at a time, every
+    instance that took effect (or may have), the latest to take effect first.
+    """
+    if state.status.settled:
+        return UndoPlan(blocked=f"the saga is {state.status.value}")
+    if state.pivot_passed:
+        return UndoPlan(blocked="it passed its pivot step and will run to completion")
+    every = list(steps)
+    waiting = sorted(
+        (s for s in every if s.order is not None and _undoable(s)),
+        key=lambda s: s.order or 0,
+        reverse=True,
+    )
+    in_flight = tuple(s.name for s in every if s.status is StepStatus.RUNNING)
+    return UndoPlan(tuple(s.name for s in waiting), in_flight)
 
 
 def _compensation_succeeded(t: _Transition, event: CompensationSucceeded) -> None:

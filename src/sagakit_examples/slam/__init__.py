@@ -5,7 +5,8 @@ The pure simulation lives in `world`, `planning`, `routing`, `sensing`, `mapping
 `databases`; the robot fleet in `fleet`; failure injection in `faults`; the saga definition
 in `saga` and its step tasks in `steps`. Importing this package (for instance via
 ``SAGAKIT_IMPORTS=sagakit_examples.slam``, the default) registers the ``slam`` saga and its
-Celery tasks, the ``sagakit robots`` commands and the ``GET /api/robots`` route.
+Celery tasks, the ``sagakit robots`` commands, the ``GET /api/robots`` route and the
+dashboard's robots panel and mission map.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from .saga import MissionInput, mission
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from sagakit.api.dashboard import Dashboard
+
 
 def register_api(app: FastAPI) -> None:
     """Add the SLAM example's routes to the sagakit API.
@@ -31,4 +34,19 @@ def register_api(app: FastAPI) -> None:
     register(app)
 
 
-__all__ = ["Faults", "MissionInput", "mission", "register_api", "register_cli", "steps"]
+def register_dashboard(dashboard: Dashboard) -> None:
+    """Add the SLAM example's panels to the sagakit dashboard (robots, the mission map)."""
+    from .dashboard import register
+
+    register(dashboard)
+
+
+__all__ = [
+    "Faults",
+    "MissionInput",
+    "mission",
+    "register_api",
+    "register_cli",
+    "register_dashboard",
+    "steps",
+]

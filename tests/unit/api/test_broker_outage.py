@@ -93,3 +93,11 @@ def test_a_broker_other_than_redis_is_checked_with_a_kombu_connection(
         f"the broker at 127.0.0.1:{closed} is unreachable (connection refused): "
         "check SAGAKIT_BROKER_URL and that RabbitMQ is running"
     )
+
+
+def test_the_dashboards_health_page_says_the_broker_is_unreachable(
+    client: TestClient, closed: int
+) -> None:
+    page = client.get("/health")
+    assert page.status_code == 200  # the saga log answers: only the queues' depths are unknown
+    assert expected(closed) in page.text

@@ -1,0 +1,159 @@
+"""Aggregates of the saga log for the dashboard: counts by status, sagas needing an
+operator, the last hour's outcomes, and the workers' heartbeats.
+
+Each statement is served by an index of the saga log: counts by status read
+``ix_sagakit_sagas_status_created`` (an index-only scan on PostgreSQL), the failed sagas
+the same index's ``status = 'failed'`` range, the last hour ``ix_sagakit_sagas_created`` and
+``ix_sagakit_sagas_finished``, and compensation failures ``ix_sagakit_transitions_outcomes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .dbapi import Connections
+from .reads import LISTED, SagaRecord, _record, _rows
+
+MAX_DURATIONS = 20_000
+"""Most finished sagas of the last hour whose durations the percentiles are taken over."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailedSaga:
+    """A saga that waits for an operator, with the step it stopped at as stored."""
+
+    record: SagaRecord
+    step_status: str | None
+    step_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerBeat:
+    """One worker's heartbeat row."""
+
+    name: str
+    pid: int
+    started_at: datetime
+    beat_at: datetime
+    running: int
+    reserved: int
+
+
+def _filters(
+    saga_type: str | None, created_after: datetime | None, created_before: datetime | None
+) -> tuple[list[str], dict[str, Any]]:
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if saga_type:
+        where.append("saga_type = :saga_type")
+        params["saga_type"] = saga_type
+    if created_after:
+        where.append("created_at >= :created_after")
+        params["created_after"] = created_after
+    if created_before:
+        where.append("created_at < :created_before")
+        params["created_before"] = created_before
+    return where, params
+
+
+def count_by_status(
+    db: Connections,
+    *,
+    saga_type: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> dict[str, int]:
+    """How many sagas are in each status (statuses with none are left out)."""
+    where, params = _filters(saga_type, created_after, created_before)
+    rows = _rows(
+        db,
+        "SELECT status, count(*) FROM sagakit_sagas"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + " GROUP BY status",
+        params,
+        ("status", "count"),
+    )
+    return {str(r["status"]): int(r["count"]) for r in rows}
+
+
+def failed(db: Connections, *, limit: int = 500) -> list[FailedSaga]:
+    """The newest `limit` failed sagas, each with the status and error of its failed step."""
+    columns = (*LISTED, "step_status", "step_error")
+    listed = ", ".join(f"s.{c}" for c in LISTED)
+    rows = _rows(
+        db,
+        f"SELECT {listed}, st.status, st.error FROM sagakit_sagas s "
+        "LEFT JOIN sagakit_steps st ON st.saga_id = s.saga_id AND st.name = s.failed_step "
+        "WHERE s.status = 'failed' ORDER BY s.created_at DESC, s.saga_id DESC "
+        f"LIMIT {int(limit)}",
+        {},
+        columns,
+    )
+    return [FailedSaga(_record(r), r["step_status"], r["step_error"]) for r in rows]
+
+
+def started_since(db: Connections, since: datetime) -> dict[str, int]:
+    """Sagas created since `since`, by type."""
+    rows = _rows(
+        db,
+        "SELECT saga_type, count(*) FROM sagakit_sagas WHERE created_at >= :since "
+        "GROUP BY saga_type",
+        {"since": since},
+        ("saga_type", "count"),
+    )
+    return {str(r["saga_type"]): int(r["count"]) for r in rows}
+
+
+def finished_since(db: Connections, since: datetime) -> list[tuple[str, str, float]]:
+    """(type, status, seconds it took) of sagas that finished since `since`, newest first."""
+    rows = _rows(
+        db,
+        "SELECT saga_type, status, created_at, finished_at FROM sagakit_sagas "
+        "WHERE finished_at IS NOT NULL AND finished_at >= :since "
+        f"ORDER BY finished_at DESC LIMIT {MAX_DURATIONS}",
+        {"since": since},
+        ("saga_type", "status", "created_at", "finished_at"),
+    )
+    return [
+        (
+            str(r["saga_type"]),
+            str(r["status"]),
+            (r["finished_at"] - r["created_at"]).total_seconds(),
+        )
+        for r in rows
+    ]
+
+
+def compensation_failures_since(db: Connections, since: datetime) -> dict[str, int]:
+    """Failed compensation attempts since `since`, by saga type."""
+    rows = _rows(
+        db,
+        "SELECT s.saga_type, count(*) FROM sagakit_transitions t "
+        "JOIN sagakit_sagas s ON s.saga_id = t.saga_id "
+        "WHERE t.at >= :since AND t.started_at IS NOT NULL "
+        "AND t.event = 'compensation_failed' GROUP BY s.saga_type",
+        {"since": since},
+        ("saga_type", "count"),
+    )
+    return {str(r["saga_type"]): int(r["count"]) for r in rows}
+
+
+def workers(db: Connections) -> list[WorkerBeat]:
+    """Every worker's heartbeat, the latest first."""
+    columns = ("name", "pid", "started_at", "beat_at", "running", "reserved")
+    rows = _rows(
+        db, f"SELECT {', '.join(columns)} FROM sagakit_workers ORDER BY beat_at DESC", {}, columns
+    )
+    return [
+        WorkerBeat(
+            str(r["name"]),
+            int(r["pid"]),
+            r["started_at"],
+            r["beat_at"],
+            len(r["running"] or ()),
+            len(r["reserved"] or ()),
+        )
+        for r in rows
+    ]
