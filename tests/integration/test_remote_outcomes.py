@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.integration.conftest import client_system, worker_env
 from tests.support.client import Client
@@ -25,7 +26,11 @@ def remote_stack(
 ) -> Iterator[tuple[Client, Cluster]]:
     """A service worker with no saga log on the ``work`` queue, a sagakit worker that
     records its outcomes, and a client; `extra` is added to every process's environment."""
-    broker = redis_url.rsplit("/", 1)[0] + "/13"
+    # A database of its own, two past the session's (11 -> 13; under pytest-xdist each test
+    # process has its own session database, so each gets its own here too).
+    base, _, db = redis_url.rpartition("/")
+    broker = f"{base}/{int(db or 0) + 2}"
+    redis.Redis.from_url(broker).flushdb()
     cluster = Cluster({**worker_env(pg_url, broker), **extra}, tmp_path)
     # The service worker: a plain Celery app, no database settings at all.
     env = {k: v for k, v in cluster.env.items() if k != "SAGAKIT_DATABASE_URL"}
