@@ -71,6 +71,7 @@ def summary_view(record: SagaRecord) -> dict[str, Any]:
         "updated_at": iso(record.updated_at),
         "finished_at": iso(record.finished_at),
         "duration": duration(record.created_at, record.finished_at),
+        "choreographed": record.choreographed,
     }
 
 

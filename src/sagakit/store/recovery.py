@@ -160,7 +160,10 @@ def _pending_select() -> Any:
         st.task_name,
         st.queue,
         st.not_before,
-    ).select_from(t.steps.join(t.sagas, s.saga_id == st.saga_id))
+    ).select_from(t.steps.join(t.sagas, s.saga_id == st.saga_id)).where(
+        # A choreographed saga's steps are events its tracker folds: nothing to send.
+        s.choreographed.is_(False)
+    )
 
 
 def take_due(
@@ -275,6 +278,7 @@ def overdue_sagas(db: sa.Engine, now: datetime, limit: int) -> list[str]:
                     s.deadline_at.is_not(None),
                     s.deadline_at < now,
                     s.status.in_(("pending", "running")),
+                    s.choreographed.is_(False),  # its tracker owns its timeouts
                 )
                 .limit(limit)
             ).scalars()
