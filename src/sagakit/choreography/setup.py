@@ -10,7 +10,7 @@ from ..core.errors import InvalidInput, UnknownSagaType
 from ..core.inputs import check_saga_id, validated_input
 from ..engine import Engine, new_saga_id
 from ..settings import Settings
-from ..store import SqlLog, make_db
+from ..store import SqlLog, make_db, upgrade_database
 from ..streams.publisher import RedisStreamPublisher
 from .bus import Bus
 from .events import SagaEvent
@@ -70,6 +70,7 @@ class Choreography:
                 events = RedisStreamPublisher.from_url(
                     settings.redis_url, settings.events_stream, settings.events_maxlen
                 )
+            upgrade_database(settings.database_url)
             sagas = {s.name: s.saga() for s in self.scripts.values()}
             log = SqlLog(make_db(settings.database_url, autocommit=True))
             self._engine = Engine(log, sagas, None, events=events)

@@ -148,21 +148,25 @@ def _pending(rows: Sequence[Any]) -> list[Pending]:
 
 def _pending_select() -> Any:
     s, st = t.sagas.c, t.steps.c
-    return sa.select(
-        st.saga_id,
-        s.saga_type,
-        st.name,
-        st.status,
-        st.attempt,
-        st.comp_attempt,
-        st.item,
-        st.task_id,
-        st.task_name,
-        st.queue,
-        st.not_before,
-    ).select_from(t.steps.join(t.sagas, s.saga_id == st.saga_id)).where(
-        # A choreographed saga's steps are events its tracker folds: nothing to send.
-        s.choreographed.is_(False)
+    return (
+        sa.select(
+            st.saga_id,
+            s.saga_type,
+            st.name,
+            st.status,
+            st.attempt,
+            st.comp_attempt,
+            st.item,
+            st.task_id,
+            st.task_name,
+            st.queue,
+            st.not_before,
+        )
+        .select_from(t.steps.join(t.sagas, s.saga_id == st.saga_id))
+        .where(
+            # A choreographed saga's steps are events its tracker folds: nothing to send.
+            s.choreographed.is_(False)
+        )
     )
 
 
