@@ -218,7 +218,8 @@ class Bus:
             floor = _text(g["last-delivered-id"])
             if int(g.get("pending", 0)):
                 summary = self.client.xpending(self.stream, _text(g["name"]))
-                floor = min(floor, _text(summary["min"]), key=_order)
+                if summary.get("min"):  # None if acknowledged meanwhile
+                    floor = min(floor, _text(summary["min"]), key=_order)
             floors.append(floor)
         return int(self.client.xtrim(self.stream, minid=min(floors, key=_order), approximate=True))
 

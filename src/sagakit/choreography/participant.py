@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+import redis
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -105,6 +106,20 @@ class Participant:
         return register
 
 
+def guarded(step: Callable[[], int]) -> bool:
+    """Run one round of a loop; False, after one line of log, if Redis or the database
+    failed it (the loop then waits a little and goes on: nothing was acknowledged)."""
+    try:
+        step()
+    except (redis.RedisError, sa.exc.DBAPIError) as exc:
+        logger.warning("choreography: %s: %s", type(exc).__name__, str(exc).splitlines()[0])
+        return False
+    except Exception:
+        logger.exception("choreography: round failed")
+        return False
+    return True
+
+
 def consumer_name(service: str) -> str:
     """A consumer name unique to this process: ``robots@host:pid``."""
     return f"{service}@{socket.gethostname()}:{os.getpid()}"
@@ -127,7 +142,8 @@ class Runner:
         stop = stop or threading.Event()
         logger.info("participant %s consuming %s", self.consumer, self.bus.stream)
         while not stop.is_set():
-            self.step()
+            if not guarded(self.step):
+                stop.wait(1.0)
 
     def step(self) -> int:
         """One round: relay, claim what a dead consumer left, read new events. Returns

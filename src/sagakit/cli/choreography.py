@@ -44,10 +44,13 @@ def register(app: typer.Typer) -> None:
         consumer: Annotated[str, typer.Option(help="Consumer name.")] = "tracker",
     ) -> None:
         """Fold choreographed sagas' events into the saga log and time out late steps."""
+        from ..choreography.participant import guarded
+
         folding = _choreography().tracker(consumer)
         stop = _until_signalled()
         while not stop.is_set():
-            folding.step()
+            if not guarded(folding.step):
+                stop.wait(1.0)
 
     @app.command("dead-letters")
     def dead_letters(
