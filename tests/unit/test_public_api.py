@@ -76,7 +76,7 @@ def test_sagakit_never_imports_its_examples() -> None:
 def test_the_examples_use_only_the_public_api() -> None:
     import sagakit_examples
 
-    public = {"sagakit", "sagakit.idempotency"}
+    public = {"sagakit", "sagakit.idempotency", "sagakit.choreography"}
     for path in Path(sagakit_examples.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

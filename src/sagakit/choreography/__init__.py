@@ -13,6 +13,7 @@ CLI and the API.
 
 from __future__ import annotations
 
+from ..runtime.tasks import step_function
 from .bus import Bus, DeadLetter
 from .events import BadEvent, Delivery, SagaEvent
 from .participant import Local, Participant, Runner, joined
@@ -36,4 +37,5 @@ __all__ = [
     "Tracker",
     "discover",
     "joined",
+    "step_function",
 ]

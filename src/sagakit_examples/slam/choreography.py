@@ -25,8 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sagakit import NonRetryableError, StepContext, StepKind
-from sagakit.choreography import Delivery, Local, Participant, Script, Track
-from sagakit.runtime.tasks import step_function
+from sagakit.choreography import Delivery, Local, Participant, Script, Track, step_function
 
 from . import databases
 from .saga import STEP_TIMEOUT, MissionInput

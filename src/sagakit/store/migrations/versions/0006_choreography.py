@@ -17,10 +17,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("sagakit_sagas") as batch:
-        batch.add_column(
-            sa.Column("choreographed", sa.Boolean, nullable=False, server_default=sa.false())
-        )
+    # A plain ADD COLUMN on every dialect: SQLite's batch mode would copy the table and drop
+    # the old one, and the drop would cascade to every saga's steps.
+    op.add_column(
+        "sagakit_sagas",
+        sa.Column("choreographed", sa.Boolean, nullable=False, server_default=sa.false()),
+    )
 
 
 def downgrade() -> None:
