@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -170,18 +171,27 @@ def test_missions_complete_or_compensate_backwards(rig: Rig) -> None:
         "plan_routes",
         "explore[0]",
     ]
-    from sagakit.api import create_app
-    from tests.support.api_app import TestClient
-
-    settings = Settings(
-        database_url=rig.env["SAGAKIT_DATABASE_URL"], imports=["sagakit_examples.slam"]
-    )
-    with TestClient(create_app(settings)) as client:
+    with _api(rig) as client:
         body = client.get(f"/api/sagas/{ok}").json()
         assert body["choreographed"] is True and body["status"] == "completed"
         assert [h["event"] for h in body["history"]][-1] == "saga_completed"
         listed = client.get("/api/sagas", params={"type": "slam_choreographed"}).json()
         assert ok in [item["id"] for item in listed["items"]]
+
+
+@contextmanager
+def _api(rig: Rig) -> Iterator[Any]:
+    from sagakit.api import create_app
+    from tests.support.api_app import TestClient
+
+    settings = Settings(
+        database_url=rig.env["SAGAKIT_DATABASE_URL"],
+        redis_url=rig.env["SAGAKIT_REDIS_URL"],
+        choreography_stream=rig.env["SAGAKIT_CHOREOGRAPHY_STREAM"],
+        imports=["sagakit_examples.slam"],
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
 
 
 def test_killed_participant_is_reclaimed_and_acts_once(rig: Rig) -> None:
@@ -254,6 +264,11 @@ def test_poison_event_is_dead_lettered_then_replayed(rig: Rig) -> None:
     assert letters[0].deliveries == 3
     assert rig.settled(healthy) == "completed"  # the others keep flowing
     assert rig.queries.get(poisoned).status == "running"
+    with _api(rig) as client:
+        listed = client.get("/api/dead-letters").json()
+        assert letters[0].id in [d["id"] for d in listed]
+        missing = client.post("/api/dead-letters/1-1/replay")
+        assert missing.status_code == 404 and "no dead letter" in missing.json()["detail"]
     replayed = subprocess.run(
         [SAGAKIT, "dead-letters", "--replay", letters[0].id],
         env={**os.environ, **rig.env},

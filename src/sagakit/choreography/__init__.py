@@ -14,7 +14,7 @@ CLI and the API.
 from __future__ import annotations
 
 from ..runtime.tasks import step_function
-from .bus import Bus, DeadLetter
+from .bus import Bus, DeadLetter, DeadLetterNotFound
 from .events import BadEvent, Delivery, SagaEvent
 from .participant import Local, Participant, Runner, joined
 from .script import Script, Track
@@ -27,6 +27,7 @@ __all__ = [
     "Bus",
     "Choreography",
     "DeadLetter",
+    "DeadLetterNotFound",
     "Delivery",
     "Local",
     "Participant",

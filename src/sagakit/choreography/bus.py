@@ -12,18 +12,30 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from ..core.errors import SagaError
 from .events import SagaEvent
 
 logger = logging.getLogger(__name__)
 
+_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
 Entry = tuple[str, dict[Any, Any]]
 """A stream entry: its id and its fields."""
+
+
+class DeadLetterNotFound(SagaError):
+    """No dead letter with that id (replayed already, or never one)."""
+
+    def __init__(self, dead_id: str) -> None:
+        super().__init__(f"no dead letter {dead_id!r}")
+        self.dead_id = dead_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,16 +195,18 @@ class Bus:
         rows: Any = self.client.xrange(self.dead, count=count)
         return [_dead(i, f) for i, f in rows]
 
-    def replay(self, dead_id: str) -> str | None:
-        """Publish a dead letter's event again and drop the dead letter; the new entry's id,
-        or None if there is no such dead letter.
+    def replay(self, dead_id: str) -> str:
+        """Publish a dead letter's event again and drop the dead letter; the new entry's id.
+        Raises DeadLetterNotFound.
 
         Every group receives it again; those that handled it find it in their inbox. Its
         deliveries carry on from where they stopped (``replayed`` field).
         """
+        if not _ENTRY_ID.match(dead_id):
+            raise DeadLetterNotFound(dead_id)
         found: Any = self.client.xrange(self.dead, min=dead_id, max=dead_id, count=1)
         if not found:
-            return None
+            raise DeadLetterNotFound(dead_id)
         letter = _dead(*found[0])
         fields = dict(letter.event)
         fields["replayed"] = str(int(fields.get("replayed", "0") or 0) + letter.deliveries)

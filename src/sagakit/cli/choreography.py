@@ -70,10 +70,6 @@ def register(app: typer.Typer) -> None:
         if ids:
             for dead_id in ids:
                 new = bus.replay(dead_id)
-                if new is None:
-                    from ..core.errors import InvalidInput
-
-                    raise InvalidInput("--replay", f"no dead letter {dead_id!r}")
                 typer.echo(f"replayed {dead_id} as {new}")
             return
         letters = [letter.view() for letter in bus.dead_letters()]
