@@ -16,7 +16,7 @@ from __future__ import annotations
 from ..runtime.tasks import step_function
 from .bus import Bus, DeadLetter, DeadLetterNotFound
 from .events import BadEvent, Delivery, SagaEvent
-from .participant import Local, Participant, Runner, joined
+from .participant import Local, Participant, Runner, after_commit, joined
 from .script import Script, Track
 from .setup import Choreography, discover
 from .tracker import GROUP, Tracker
@@ -36,6 +36,7 @@ __all__ = [
     "Script",
     "Track",
     "Tracker",
+    "after_commit",
     "discover",
     "joined",
     "step_function",

@@ -111,8 +111,9 @@ class Bus:
     def read(self, group: str, consumer: str, count: int = 10) -> list[Entry]:
         """New entries for `consumer`, waiting up to `block` seconds for some."""
         try:
+            block = int(self.block * 1000) if self.block > 0 else None  # None: do not wait
             reply: Any = self.client.xreadgroup(
-                group, consumer, {self.stream: ">"}, count=count, block=int(self.block * 1000)
+                group, consumer, {self.stream: ">"}, count=count, block=block
             )
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -32,12 +33,26 @@ from .tables import ensure_tables, gathered, inbox, outbox, utcnow
 
 logger = logging.getLogger(__name__)
 
-_JOINED: ContextVar[sa.Connection | None] = ContextVar("sagakit_choreography_tx", default=None)
+RELAY_EVERY = 5.0
+"""Seconds between a runner's looks for outbox rows another process left unsent."""
+
+_JOINED: ContextVar[Local | None] = ContextVar("sagakit_choreography_tx", default=None)
 
 
 def joined() -> sa.Connection | None:
     """The open transaction of the handler running in this context, if any."""
-    return _JOINED.get()
+    local = _JOINED.get()
+    return None if local is None else local.conn
+
+
+def after_commit(work: Callable[[], None]) -> None:
+    """Run `work` once the handler's transaction in this context has committed (at once
+    outside a handler): what must see the committed work, such as a file written from it."""
+    local = _JOINED.get()
+    if local is None:
+        work()
+    else:
+        local.committed.append(work)
 
 
 class Local:
@@ -48,6 +63,8 @@ class Local:
         self.conn = conn
         self.delivery = delivery
         self.emitted: list[SagaEvent] = []
+        self.committed: list[Callable[[], None]] = []
+        """Work to run after the commit (`after_commit`)."""
 
     def emit(self, type: str, data: Mapping[str, Any] | None = None) -> SagaEvent:
         """Publish `type` for this saga once the handler's transaction commits."""
@@ -134,6 +151,7 @@ class Runner:
         self.group = participant.service
         self.consumer = consumer or consumer_name(participant.service)
         self.db = participant.database()
+        self._relay_due = 0.0
         ensure_tables(self.db)
         bus.ensure_group(self.group)
 
@@ -148,7 +166,11 @@ class Runner:
     def step(self) -> int:
         """One round: relay, claim what a dead consumer left, read new events. Returns
         the events handled."""
-        self.relay()
+        if time.monotonic() >= self._relay_due:
+            # Rows a crashed process of this service left unsent; this process's own are
+            # relayed as soon as their transaction commits.
+            self._relay_due = time.monotonic() + RELAY_EVERY
+            self.relay()
         handled = 0
         for entry, deliveries in self.bus.reclaim(self.group, self.consumer):
             handled += self.handle(entry, deliveries)
@@ -188,7 +210,8 @@ class Runner:
             self.bus.note_error(self.group, entry_id, error)
             return 0
         self.bus.ack(self.group, entry_id)
-        self.relay()
+        if ran:
+            self.relay()
         return int(ran)
 
     def _transaction(self, handler: Handler, delivery: Delivery) -> bool:
@@ -210,7 +233,7 @@ class Runner:
             if not new:
                 return False  # handled before: acknowledged without running again
             local = Local(self.participant, conn, delivery)
-            with _joining(conn):
+            with _joining(local):
                 handler(delivery, local)
             now = utcnow()
             for emitted in local.emitted:
@@ -223,6 +246,11 @@ class Runner:
                         created_at=now,
                     )
                 )
+        for work in local.committed:
+            try:
+                work()
+            except Exception:  # the effect is committed; what follows it is best effort
+                logger.exception("%s: work after the commit failed", self.group)
         return True
 
     def relay(self, limit: int = 100) -> int:
@@ -248,8 +276,8 @@ class Runner:
 
 
 @contextmanager
-def _joining(conn: sa.Connection) -> Iterator[None]:
-    token = _JOINED.set(conn)
+def _joining(local: Local) -> Iterator[None]:
+    token = _JOINED.set(local)
     try:
         yield
     finally:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from ..core.errors import InvalidInput, UnknownSagaType
@@ -14,9 +16,17 @@ from ..store import SqlLog, make_db, upgrade_database
 from ..streams.publisher import RedisStreamPublisher
 from .bus import Bus
 from .events import SagaEvent
-from .participant import Participant, Runner
+from .participant import Participant, Runner, guarded
 from .script import Script
 from .tracker import Tracker, start_saga
+
+
+def _loop(step: Callable[[], int], stop: threading.Event) -> None:
+    while not stop.is_set():
+        if not guarded(step):
+            stop.wait(1.0)
+        else:
+            stop.wait(0.01)  # the embedded stream does not block reads: let the others in
 
 
 def discover(modules: Iterable[str]) -> tuple[dict[str, Script], dict[str, Participant]]:
@@ -37,21 +47,47 @@ def discover(modules: Iterable[str]) -> tuple[dict[str, Script], dict[str, Parti
 class Choreography:
     """Everything a process needs to take part in, track or start choreographed sagas."""
 
-    def __init__(self, settings: Settings, *, imports: Iterable[str] = ()) -> None:
-        if not settings.redis_url:
+    def __init__(
+        self, settings: Settings, *, imports: Iterable[str] = (), embedded: bool = False
+    ) -> None:
+        """`embedded`: without ``SAGAKIT_REDIS_URL``, an in-process stream (fakeredis) that
+        only this process's threads share (`threads`): the demo's, never a deployment's."""
+        options: dict[str, Any] = {
+            "claim_idle": settings.choreography_claim_idle,
+            "max_deliveries": settings.choreography_max_deliveries,
+            "block": settings.choreography_block,
+        }
+        if settings.redis_url:
+            self.bus = Bus.from_url(settings.redis_url, settings.choreography_stream, **options)
+        elif embedded:
+            import fakeredis
+
+            options["block"] = 0.0  # fakeredis serves one command at a time: poll
+            self.bus = Bus(fakeredis.FakeRedis(), settings.choreography_stream, **options)
+        else:
             raise InvalidInput(
                 "SAGAKIT_REDIS_URL", "choreographed sagas need Redis: set SAGAKIT_REDIS_URL"
             )
         self.settings = settings
         self.scripts, self.participants = discover([*settings.imports, *imports])
-        self.bus = Bus.from_url(
-            settings.redis_url,
-            settings.choreography_stream,
-            claim_idle=settings.choreography_claim_idle,
-            max_deliveries=settings.choreography_max_deliveries,
-            block=settings.choreography_block,
-        )
         self._engine: Engine | None = None
+
+    @contextmanager
+    def threads(self) -> Iterator[None]:
+        """Run the tracker and one runner of every participant as threads of this process
+        while the block runs (the demo, the bench)."""
+        stop = threading.Event()
+        loops: list[Callable[[], int]] = [self.tracker("tracker").step]
+        loops += [self.runner(name, f"{name}-thread").step for name in sorted(self.participants)]
+        threads = [threading.Thread(target=_loop, args=(step, stop), daemon=True) for step in loops]
+        for thread in threads:
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=10)
 
     def script(self, saga_type: str) -> Script:
         """The script of `saga_type`, or of the choreography whose twin it is."""

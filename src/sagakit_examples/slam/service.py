@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sagakit import NonRetryableError, StepContext
+from sagakit.choreography import after_commit as after_commit  # for the step tasks
 from sagakit.choreography import joined
 from sagakit.idempotency import once
 
