@@ -35,7 +35,7 @@ from ..core.events import (
     StepSucceeded,
     StepTimedOut,
 )
-from ..core.state import BUSY_STATUSES, StepStatus
+from ..core.state import BUSY_STATUSES, SagaStatus, StepStatus
 from ..engine import Engine
 from ..store import schema as t
 from .bus import Bus, Entry
@@ -76,6 +76,8 @@ class Tracker:
         self.check_every = check_every
         self._checked = 0.0
         self._published: dict[tuple[str, str, int], datetime] = {}
+        self._early: dict[str, set[str]] = {}
+        """Instances reported undone before the core was compensating them, by saga."""
         bus.ensure_group(GROUP)
 
     # --- the loop ---------------------------------------------------------------------
@@ -92,6 +94,8 @@ class Tracker:
             self._checked = time.monotonic()
             self.time_out(self.clock())
             self.bus.trim()
+            for saga_id in [s for s in self._early if self._settled(s)]:
+                del self._early[saga_id]
         return folded
 
     def handle(self, entry: Entry, deliveries: int) -> int:
@@ -127,6 +131,7 @@ class Tracker:
         if event.type == script.starts:
             return self.start(event)
         changed = False
+        early = self._early.get(event.saga_id)
         for kind, track in script.matches(event.type):
             instances = event.steps or (track.step,)
             try:
@@ -143,14 +148,19 @@ class Tracker:
                     event.type,
                     extra={"saga_id": event.saga_id},
                 )
+        if early and changed:
+            # Undo events that came before the core asked for them (a parallel branch's
+            # last report overtaken): apply them now that it may.
+            changed |= self._undone(event.saga_id, None, tuple(early))
         return changed
 
     def _record(self, saga_id: str, event: Event) -> bool:
         return not self.engine.record(saga_id, event).ignored
 
-    def _undone(self, saga_id: str, track: Track, instances: tuple[str, ...]) -> bool:
-        """Compensation succeeded for each of `instances` the core waits on, in its order."""
-        wanted = set(instances)
+    def _undone(self, saga_id: str, track: Track | None, instances: tuple[str, ...]) -> bool:
+        """Compensation succeeded for each of `instances` the core waits on, in its order;
+        the others are kept until it does (in memory: a restarted tracker times them out)."""
+        wanted = set(instances) | self._early.pop(saga_id, set())
         changed = False
         for _ in range(len(wanted) + 1):
             current = self._compensating(saga_id)
@@ -158,7 +168,15 @@ class Tracker:
                 break
             wanted.discard(current[0])
             changed |= self._record(saga_id, CompensationSucceeded(current[0], current[1]))
+        if wanted and not self._settled(saga_id):
+            self._early[saga_id] = wanted
         return changed
+
+    def _settled(self, saga_id: str) -> bool:
+        s = t.sagas.c
+        with self.db.connect() as conn:
+            status = conn.execute(sa.select(s.status).where(s.saga_id == saga_id)).scalar()
+        return status is None or SagaStatus(status).settled
 
     def _compensating(self, saga_id: str) -> tuple[str, int] | None:
         st = t.steps.c

@@ -326,8 +326,11 @@ def outbox(db: sa.Engine, now: datetime) -> Outbox:
             for row in conn.execute(sa.select(w.running, w.reserved))
             for h in (*_decode(row.running), *_decode(row.reserved))
         }
-        unclaimed = sa.select(st.sent_at).where(
-            st.status.in_(BUSY_STATUSES), st.sent_at.is_not(None)
+        unclaimed = (
+            sa.select(st.sent_at)
+            .select_from(t.steps.join(t.sagas, t.sagas.c.saga_id == st.saga_id))
+            .where(st.status.in_(BUSY_STATUSES), st.sent_at.is_not(None))
+            .where(t.sagas.c.choreographed.is_(False))  # no worker ever holds those
         )
         if held:
             unclaimed = unclaimed.where(st.task_id.not_in(held))
