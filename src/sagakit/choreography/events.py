@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 
@@ -31,16 +32,25 @@ class SagaEvent:
     saga_type: str
     data: Mapping[str, Any] = field(default_factory=dict)
     id: str = field(default_factory=new_event_id)
+    source: str = ""
+    """The consumer whose handler emitted it (``robots@host:pid``), for the timeline."""
+    started_at: str = ""
+    """When that handler began (ISO 8601), for the timeline."""
 
     def fields(self) -> dict[str, str]:
         """The stream entry's fields."""
-        return {
+        fields = {
             "id": self.id,
             "type": self.type,
             "saga_id": self.saga_id,
             "saga_type": self.saga_type,
             "data": json.dumps(self.data, separators=(",", ":")),
         }
+        if self.source:
+            fields["source"] = self.source
+        if self.started_at:
+            fields["started_at"] = self.started_at
+        return fields
 
     @classmethod
     def from_fields(cls, raw: Mapping[Any, Any]) -> SagaEvent:
@@ -55,7 +65,23 @@ class SagaEvent:
             raise BadEvent(f"field 'data' is not JSON ({exc})") from None
         if not isinstance(data, dict):
             raise BadEvent("field 'data' must be a JSON object")
-        return cls(text["type"], text["saga_id"], text["saga_type"], data, text["id"])
+        return cls(
+            text["type"],
+            text["saga_id"],
+            text["saga_type"],
+            data,
+            text["id"],
+            text.get("source", ""),
+            text.get("started_at", ""),
+        )
+
+    @property
+    def started(self) -> datetime | None:
+        """`started_at` as a time, if it reads as one."""
+        try:
+            return datetime.fromisoformat(self.started_at) if self.started_at else None
+        except ValueError:
+            return None
 
     @property
     def steps(self) -> tuple[str, ...]:

@@ -58,10 +58,18 @@ def after_commit(work: Callable[[], None]) -> None:
 class Local:
     """What a handler is given besides its event: its transaction, and what to emit."""
 
-    def __init__(self, participant: Participant, conn: sa.Connection, delivery: Delivery) -> None:
+    def __init__(
+        self,
+        participant: Participant,
+        conn: sa.Connection,
+        delivery: Delivery,
+        consumer: str = "",
+    ) -> None:
         self.participant = participant
         self.conn = conn
         self.delivery = delivery
+        self.consumer = consumer
+        self.started_at = utcnow().isoformat()
         self.emitted: list[SagaEvent] = []
         self.committed: list[Callable[[], None]] = []
         """Work to run after the commit (`after_commit`)."""
@@ -69,7 +77,14 @@ class Local:
     def emit(self, type: str, data: Mapping[str, Any] | None = None) -> SagaEvent:
         """Publish `type` for this saga once the handler's transaction commits."""
         event = self.delivery.event
-        emitted = SagaEvent(type, event.saga_id, event.saga_type, dict(data or {}))
+        emitted = SagaEvent(
+            type,
+            event.saga_id,
+            event.saga_type,
+            dict(data or {}),
+            source=self.consumer,
+            started_at=self.started_at,
+        )
         self.emitted.append(emitted)
         return emitted
 
@@ -232,7 +247,7 @@ class Runner:
             )
             if not new:
                 return False  # handled before: acknowledged without running again
-            local = Local(self.participant, conn, delivery)
+            local = Local(self.participant, conn, delivery, self.consumer)
             with _joining(local):
                 handler(delivery, local)
             now = utcnow()

@@ -37,6 +37,7 @@ from ..core.events import (
 )
 from ..core.state import BUSY_STATUSES, SagaStatus, StepStatus
 from ..engine import Engine
+from ..journal import Attempt
 from ..store import schema as t
 from .bus import Bus, Entry
 from .events import BadEvent, SagaEvent
@@ -136,12 +137,13 @@ class Tracker:
             instances = event.steps or (track.step,)
             try:
                 if kind == "undone":
-                    changed |= self._undone(event.saga_id, track, instances)
+                    changed |= self._undone(event.saga_id, _attempt(event), instances)
                     continue
                 for name in instances:
                     if script.track(name) is not track:
                         continue
-                    changed |= self._record(event.saga_id, _outcome(kind, name, event))
+                    outcome = _outcome(kind, name, event)
+                    changed |= self._record(event.saga_id, outcome, _attempt(event))
             except SagaNotFound:
                 logger.warning(
                     "tracker: %s for a saga it never saw start",
@@ -154,10 +156,10 @@ class Tracker:
             changed |= self._undone(event.saga_id, None, tuple(early))
         return changed
 
-    def _record(self, saga_id: str, event: Event) -> bool:
-        return not self.engine.record(saga_id, event).ignored
+    def _record(self, saga_id: str, event: Event, attempt: Attempt | None = None) -> bool:
+        return not self.engine.record(saga_id, event, attempt).ignored
 
-    def _undone(self, saga_id: str, track: Track | None, instances: tuple[str, ...]) -> bool:
+    def _undone(self, saga_id: str, attempt: Attempt | None, instances: tuple[str, ...]) -> bool:
         """Compensation succeeded for each of `instances` the core waits on, in its order;
         the others are kept until it does (in memory: a restarted tracker times them out)."""
         wanted = set(instances) | self._early.pop(saga_id, set())
@@ -167,7 +169,8 @@ class Tracker:
             if current is None or current[0] not in wanted:
                 break
             wanted.discard(current[0])
-            changed |= self._record(saga_id, CompensationSucceeded(current[0], current[1]))
+            undone = CompensationSucceeded(current[0], current[1])
+            changed |= self._record(saga_id, undone, attempt)
         if wanted and not self._settled(saga_id):
             self._early[saga_id] = wanted
         return changed
@@ -205,6 +208,9 @@ class Tracker:
         )
         with self.db.connect() as conn:
             rows = conn.execute(query).all()
+        busy = {(r.saga_id, r.name, int(r.attempt)) for r in rows}
+        for key in [k for k in self._published if k not in busy]:
+            del self._published[key]  # folded meanwhile: no longer late
         fired = 0
         for r in rows:
             script = self.scripts.get(r.saga_type)
@@ -262,6 +268,12 @@ def start_saga(engine: Engine, db: sa.Engine, script: Script, event: SagaEvent) 
             .values(choreographed=True)
         )
     return result.created
+
+
+def _attempt(event: SagaEvent) -> Attempt:
+    """What the timeline shows of the handler that emitted `event`: the event's id (as the
+    task id: the inboxes know it), its consumer and when it began."""
+    return Attempt(event.id, event.source or None, event.started)
 
 
 def _outcome(kind: str, name: str, event: SagaEvent) -> Event:

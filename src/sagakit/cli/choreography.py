@@ -41,12 +41,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def tracker(
-        consumer: Annotated[str, typer.Option(help="Consumer name.")] = "tracker",
+        consumer: Annotated[
+            str | None, typer.Option(help="Consumer name (default: tracker@host:pid).")
+        ] = None,
     ) -> None:
         """Fold choreographed sagas' events into the saga log and time out late steps."""
-        from ..choreography.participant import guarded
+        from ..choreography.participant import consumer_name, guarded
 
-        folding = _choreography().tracker(consumer)
+        folding = _choreography().tracker(consumer or consumer_name("tracker"))
         stop = _until_signalled()
         while not stop.is_set():
             if not guarded(folding.step):
