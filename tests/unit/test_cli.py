@@ -237,7 +237,8 @@ def test_demo_ends_with_next_steps_that_work_as_printed(
         [*shlex.split(listing), "--json"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     # Three orchestrated missions, then two choreographed ones.
-    assert sorted(listed(shown)) == ["compensated"] * 3 + ["completed"] * 2
+    missions = ["compensated"] * 3 + ["completed"] * 2
+    assert sorted(listed(shown)) == missions
     assert activate.endswith("activate")
     activated = subprocess.run(
         ["bash", "-c", f"{activate} && sagakit list --json"],
@@ -246,7 +247,7 @@ def test_demo_ends_with_next_steps_that_work_as_printed(
         capture_output=True,
         text=True,
     )
-    assert sorted(listed(activated)) == ["compensated", "compensated", "completed"]
+    assert sorted(listed(activated)) == missions
 
 
 def test_resolve_records_a_failed_compensation_as_done_by_hand(
