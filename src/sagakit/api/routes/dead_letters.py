@@ -14,6 +14,10 @@ from ..deps import SystemDep
 from ..schemas import Problem
 
 router = APIRouter(prefix="/api/dead-letters", tags=["choreography"])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"model": Problem, "description": "SAGAKIT_REDIS_URL is not set (field names it)."},
+    503: {"model": Problem, "description": "The choreography's Redis is unreachable."},
+}
 DeadId = Annotated[str, Path(pattern=r"^\d{1,20}-\d{1,20}$", description="Dead letter id.")]
 
 
@@ -46,7 +50,7 @@ def bus_of(system: SystemDep) -> Bus:
     return _bus(settings.redis_url, settings.choreography_stream)
 
 
-@router.get("", response_model=list[DeadLetterView])
+@router.get("", response_model=list[DeadLetterView], responses=ERRORS)
 def list_dead_letters(system: SystemDep) -> list[dict[str, Any]]:
     """The dead letters, oldest first (at most 100)."""
     return [letter.view() for letter in bus_of(system).dead_letters()]
@@ -55,7 +59,7 @@ def list_dead_letters(system: SystemDep) -> list[dict[str, Any]]:
 @router.post(
     "/{dead_id}/replay",
     response_model=Replayed,
-    responses={404: {"model": Problem, "description": "No dead letter with that id."}},
+    responses={**ERRORS, 404: {"model": Problem, "description": "No dead letter with that id."}},
 )
 def replay_dead_letter(dead_id: DeadId, system: SystemDep) -> Replayed:
     """Publish the event again (after the fault is fixed); each group that handled it
