@@ -10,13 +10,16 @@ from typing import Annotated, Any
 import typer
 
 
-def _choreography() -> Any:
+def _choreography(*, logs: bool = True) -> Any:
+    """The choreography of the settings; `logs`: this process logs at SAGAKIT_LOG_LEVEL
+    (the long-running commands), else only what Python logs by default."""
     from ..choreography import Choreography
     from ..logs import configure_logging
     from ..settings import load_settings
 
     settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    if logs:
+        configure_logging(settings.log_level, settings.log_format)
     return Choreography(settings)
 
 
@@ -65,7 +68,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     ) -> None:
         """List the events a service gave up on, or replay them once the fault is fixed."""
-        bus = _choreography().bus
+        bus = _choreography(logs=False).bus
         ids = list(replay or [])
         if replay_all:
             ids += [letter.id for letter in bus.dead_letters(10_000)]
@@ -93,7 +96,7 @@ def start(
     saga_type: str, data: dict[str, Any], *, wait: bool, timeout: float, as_json: bool
 ) -> None:
     """`sagakit run --choreographed`: start the choreography of `saga_type`."""
-    choreography = _choreography()
+    choreography = _choreography(logs=False)
     saga_id = choreography.start(saga_type, data)
     if not wait:
         typer.echo(json.dumps({"id": saga_id, "created": True}) if as_json else saga_id)
