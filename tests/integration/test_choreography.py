@@ -22,7 +22,13 @@ from sagakit import Settings
 from sagakit.choreography import SagaEvent
 from tests.support.choreography import SAGAKIT, TIMEOUT, Rig, rig_env, until
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.chaos,
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.timeout(180),
+]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,13 @@ from tests.support.redis_server import RedisServer
 # Slow (about 15 s of processes and a timeout): the default run has its parts, a lost group
 # made again (tests/unit/choreography/test_bus.py) and a lost event timed out
 # (test_choreography.py::test_dropped_event_times_out_and_compensates).
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.integration,
+    pytest.mark.chaos,
+    pytest.mark.postgres,
+    pytest.mark.timeout(120),
+]
 
 TIMEOUT = 5.0
 """The tracker's step timeout here: shorter than the other rig's, which replays in time."""
