@@ -75,7 +75,7 @@ class Choreography:
     @contextmanager
     def threads(self) -> Iterator[None]:
         """Run the tracker and one runner of every participant as threads of this process
-        while the block runs (the demo, the bench)."""
+        while the block runs (`sagakit demo`)."""
         stop = threading.Event()
         loops: list[Callable[[], int]] = [self.tracker("tracker").step]
         loops += [self.runner(name, f"{name}-thread").step for name in sorted(self.participants)]

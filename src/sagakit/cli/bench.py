@@ -129,6 +129,9 @@ def register(app: typer.Typer) -> None:
             from ..bench.choreography import burst as choreographed_burst
             from ..settings import load_settings
 
+            if not load_settings().redis_url:
+                raise InvalidInput("SAGAKIT_REDIS_URL", "--choreographed needs Redis: set it")
+
             if not as_json:
                 render.console(stderr=True).print("orchestrated burst, then choreographed")
             orchestrated = _burst(sagas, steps, timeout)
