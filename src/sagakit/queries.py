@@ -89,6 +89,7 @@ def summary_view(record: SagaRecord, deployed: Deployed = None) -> dict[str, Any
         "finished_at": iso(record.finished_at),
         "duration": duration(record.created_at, record.finished_at),
         "stage": record.state.stage,
+        "choreographed": record.choreographed,
     }
 
 

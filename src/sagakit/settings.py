@@ -95,6 +95,18 @@ class Settings(BaseSettings):
     """Flower's basic-auth password under ``sagakit up``; generated into the data dir if unset."""
     data_dir: Path = Field(default_factory=default_data_dir)
     """Where ``sagakit up`` keeps Flower's state file and its generated password (mode 0700)."""
+    # --- choreography (`sagakit.choreography`: sagas run by events on a Redis Stream) ---
+    choreography_stream: str = "sagakit:choreography"
+    """The stream a choreography's events travel on; dead letters go to ``<stream>:dead``."""
+    choreography_claim_idle: float = Field(default=30.0, gt=0)
+    """Seconds a delivered event may stay unacknowledged before another consumer of the same
+    group claims it (its consumer died or its handler raised)."""
+    choreography_max_deliveries: int = Field(default=5, ge=1)
+    """Deliveries of one event to one group before it goes to the dead-letter stream."""
+    choreography_block: float = Field(default=1.0, gt=0)
+    """Longest a participant or the tracker waits for new events in one read."""
+    choreography_timeout: float | None = Field(default=None, gt=0)
+    """Seconds the tracker waits for any step's completion event (unset: each step's own)."""
 
     @field_validator("imports", mode="before")
     @classmethod

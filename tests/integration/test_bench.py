@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 import sqlalchemy as sa
 
 from sagakit.bench.scale import _measure
@@ -62,3 +63,30 @@ def test_compare_runs_every_contender_and_reports_ratios(
     # A saga step is about one durable write: the counts come from every process of the run.
     assert 1.0 <= result["saga"]["per_step"]["sql_transactions"] < 2.0
     assert set(result["saga_vs_chain"]) == {"latency", "throughput", "failure_path"}
+
+
+@pytest.mark.redis
+def test_choreographed_runs_both_styles_in_one_run(
+    pg_databases: Callable[[], str], redis_url: str, tmp_path: Path
+) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "SAGAKIT_BROKER_URL"},  # embedded worker
+        "SAGAKIT_DATABASE_URL": pg_databases(),
+        "SAGAKIT_REDIS_URL": redis_url,
+    }
+    done = subprocess.run(
+        [SAGAKIT, "bench", "--choreographed", "-n", "5", "-m", "2", "--json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    for style in ("orchestrated", "choreographed"):
+        assert result[style]["completed"] == 5, result
+        assert result[style]["p50_ms"] > 0
+    stream = redis.Redis.from_url(redis_url).keys("sagakit:choreography:bench:*")
+    assert stream == []  # the bench's stream is removed after the run

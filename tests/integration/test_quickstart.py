@@ -115,7 +115,8 @@ def test_make_demo_on_a_fresh_clone_runs_the_missions_and_its_next_step_works(
 
     for title in MISSIONS:
         assert title in demo.stdout, demo.stdout[-3000:]
-    assert len(list((clone / "out" / "maps").glob("*.png"))) == 1  # the completed mission's
+    # The completed missions' maps (orchestrated and choreographed).
+    assert len(list((clone / "out" / "maps").glob("*.png"))) == 2
     venv = clone / ".venv"
     assert list(venv.glob(".installed-base-*"))
     assert not list(venv.glob(".installed-dev-*"))
@@ -141,11 +142,11 @@ def test_make_demo_on_a_fresh_clone_runs_the_missions_and_its_next_step_works(
     listing, show, start, *rest = re.findall(r"`([^`]+)`", last)
     assert listing == ".venv/bin/sagakit list", last
     sagas = json.loads(ok(run(*shlex.split(listing), "--json", cwd=clone, env=env)).stdout)
-    assert sorted(s["status"] for s in sagas) == ["compensated", "compensated", "completed"]
+    assert sorted(s["status"] for s in sagas) == ["compensated"] * 3 + ["completed"] * 2
     ok(run(*shlex.split(show.replace("ID", sagas[0]["id"])), cwd=clone, env=env))
     started = run(*shlex.split(start), cwd=clone, env=env)
     assert started.returncode == 1, started.stderr  # --fail-at: it compensates (exit 1)
     assert "injected: plan_routes failed" in started.stderr
     [activate] = [command for command in rest if command.endswith("activate")]
     activated = ok(run("bash", "-c", f"{activate} && sagakit list --json", cwd=clone, env=env))
-    assert len(json.loads(activated.stdout)) == 4
+    assert len(json.loads(activated.stdout)) == 6

@@ -91,8 +91,9 @@ def test_the_installed_wheel_runs_the_demo(tmp_path: Path) -> None:
 
     assert "a mission that completes" in demo.stdout
     maps = list((work / "out" / "maps").glob("*.png"))
-    assert len(maps) == 1, demo.stdout[-3000:]  # the compensated missions left none
-    assert maps[0].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    # One map per completed mission (orchestrated, choreographed); the compensated left none.
+    assert len(maps) == 2, demo.stdout[-3000:]
+    assert all(m.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for m in maps)
     assert (work / "sagakit.db").exists()
 
     # The next step it prints works as printed (sagakit is not on the PATH here).
@@ -100,7 +101,7 @@ def test_the_installed_wheel_runs_the_demo(tmp_path: Path) -> None:
     listing = last.split("`")[1]
     assert listing == f"{(venv / 'bin' / 'sagakit').resolve()} list", last
     listed = run(*listing.split(), "--json", cwd=work, env=env)
-    assert len(json.loads(listed.stdout)) == 3
+    assert len(json.loads(listed.stdout)) == 5
 
     # Without the api extra, the API is refused in one line.
     api = subprocess.run(

@@ -238,7 +238,9 @@ def test_demo_ends_with_next_steps_that_work_as_printed(
     shown = subprocess.run(
         [*shlex.split(listing), "--json"], cwd=ROOT, env=env, capture_output=True, text=True
     )
-    assert sorted(listed(shown)) == ["compensated", "compensated", "completed"]
+    # Three orchestrated missions, then two choreographed ones.
+    missions = ["compensated"] * 3 + ["completed"] * 2
+    assert sorted(listed(shown)) == missions
     assert activate.endswith("activate")
     activated = subprocess.run(
         ["bash", "-c", f"{activate} && sagakit list --json"],
@@ -247,7 +249,7 @@ def test_demo_ends_with_next_steps_that_work_as_printed(
         capture_output=True,
         text=True,
     )
-    assert sorted(listed(activated)) == ["compensated", "compensated", "completed"]
+    assert sorted(listed(activated)) == missions
 
 
 def test_resolve_records_a_failed_compensation_as_done_by_hand(

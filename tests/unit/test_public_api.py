@@ -79,7 +79,7 @@ def test_the_examples_use_only_the_public_api() -> None:
     import sagakit_examples
 
     # sagakit.api.dashboard: the panel registry a register_dashboard hook is given.
-    public = {"sagakit", "sagakit.idempotency", "sagakit.api.dashboard"}
+    public = {"sagakit", "sagakit.idempotency", "sagakit.api.dashboard", "sagakit.choreography"}
     for path in Path(sagakit_examples.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -18,7 +18,7 @@ from ..settings import Settings, load_settings
 from ..system import System
 from . import dashboard, errors
 from .deps import require_token
-from .routes import events, sagas
+from .routes import dead_letters, events, sagas
 from .routes import system as system_routes
 from .schemas import Problem
 
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None, *, system: System | None = None
     app.include_router(sagas.start_router(system.sagas), dependencies=guard, responses=auth)
     app.include_router(sagas.router, dependencies=guard, responses=auth)
     app.include_router(events.router, dependencies=guard, responses=auth)
+    app.include_router(dead_letters.router, dependencies=guard, responses=auth)
     system_guard = guard if settings.api_protect_system else []
     app.include_router(
         system_routes.router, dependencies=system_guard, responses=auth if system_guard else {}

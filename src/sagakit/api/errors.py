@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from ..choreography.bus import DeadLetterNotFound
 from ..core.errors import (
     DefinitionError,
     InvalidInput,
@@ -50,6 +51,7 @@ HTTP_STATUS: dict[type[SagaError], int] = {
     Forbidden: 403,
     SagaNotFound: 404,
     VersionNotDeployed: 409,
+    DeadLetterNotFound: 404,
     UnknownSagaType: 422,
     InvalidInput: 422,
     InvalidTransition: 409,

@@ -225,6 +225,8 @@ class SagaSummary(BaseModel):
     updated_at: str
     finished_at: str | None
     duration: float | None
+    choreographed: bool = False
+    """Folded from a choreography's events by its tracker, not run by the orchestrator."""
 
 
 class Attempt(BaseModel):

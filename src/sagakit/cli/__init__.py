@@ -33,7 +33,7 @@ app = typer.Typer(
 
 def _register_commands(argv: list[str] | None = None) -> None:
     """Add every command; the hooks' ones for real unless `argv` does not need them."""
-    from . import bench, demo, ping, plugins, processes, prune, sagas, up
+    from . import bench, choreography, demo, ping, plugins, processes, prune, sagas, up
 
     sagas.register(app)
     processes.register(app)
@@ -42,6 +42,7 @@ def _register_commands(argv: list[str] | None = None) -> None:
     up.register(app)
     ping.register(app)
     prune.register(app)
+    choreography.register(app)
     # Modules named by SAGAKIT_IMPORTS may add commands (e.g. `sagakit robots`); they are
     # imported only for a command sagakit does not have, or for a --help not remembered.
     if argv is not None:

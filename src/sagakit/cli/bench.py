@@ -69,6 +69,10 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(min=1000, max=10_000_000, help="Sagas in a generated saga log."),
         ] = None,
+        choreographed: Annotated[
+            bool,
+            typer.Option(help="Run the burst orchestrated, then choreographed (needs Redis)."),
+        ] = False,
         timeout: Annotated[float, typer.Option(help="Seconds to wait for each phase.")] = 600.0,
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
@@ -128,6 +132,24 @@ def register(app: typer.Typer) -> None:
             from ..settings import load_settings
 
             result = run_scale(load_settings(), scale, progress=progress)
+        elif choreographed:
+            from ..bench.choreography import burst as choreographed_burst
+            from ..settings import load_settings
+
+            if not load_settings().redis_url:
+                raise InvalidInput("SAGAKIT_REDIS_URL", "--choreographed needs Redis: set it")
+
+            if not as_json:
+                render.console(stderr=True).print("orchestrated burst, then choreographed")
+            orchestrated = _burst(sagas, steps, timeout)
+            other = choreographed_burst(
+                load_settings(), sagas, steps, concurrency=concurrency, timeout=timeout
+            )
+            result = {
+                "orchestrated": orchestrated,
+                "choreographed": other,
+                "unfinished": orchestrated["unfinished"] + other["unfinished"],
+            }
         else:
             result = _burst(sagas, steps, timeout)
         if as_json:

@@ -1,4 +1,5 @@
-"""`sagakit demo`: three SLAM missions on the embedded default, with their timelines."""
+"""`sagakit demo`: SLAM missions on the embedded default, with their timelines: three
+orchestrated, then two choreographed (the services reacting to each other's events)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def register(app: typer.Typer) -> None:
         area: Annotated[str, typer.Option()] = "warehouse",
         timeout: Annotated[float, typer.Option(help="Seconds per mission.")] = 120.0,
     ) -> None:
-        """Run three SLAM missions (one completes, two compensate) and show each timeline."""
+        """Run SLAM missions, orchestrated then choreographed (some complete, some
+        compensate), and show each timeline."""
         from rich.rule import Rule
 
         from ..logs import configure_logging
@@ -61,6 +63,7 @@ def register(app: typer.Typer) -> None:
                 )
                 _explain(console, view)
                 outcomes.append(view["status"] == expected)
+            outcomes += _choreographed(system, robots, area, timeout, console)
         if not all(outcomes):
             raise SagaError("a demo mission did not end as expected; see the timelines above")
         console.print(Rule())
@@ -70,6 +73,36 @@ def register(app: typer.Typer) -> None:
             f"--area lab --fail-at plan_routes --wait`{activate}.",
             soft_wrap=True,
         )
+
+
+CHOREOGRAPHED: list[tuple[str, dict[str, Any], str]] = [
+    ("the mission choreographed: services react to events", {}, "completed"),
+    ("choreographed, failing during exploration", {"fail_at": "explore"}, "compensated"),
+]
+
+
+def _choreographed(system: Any, robots: int, area: str, timeout: float, console: Any) -> list[bool]:
+    """Run the choreographed missions, the tracker and the participants as threads here
+    (on an in-process stream unless SAGAKIT_REDIS_URL names a Redis)."""
+    from rich.rule import Rule
+
+    from ..choreography import Choreography
+    from . import render
+
+    choreography = Choreography(system.settings, embedded=True)
+    outcomes = []
+    with choreography.threads():
+        for title, extra, expected in CHOREOGRAPHED:
+            console.print(Rule(title))
+            saga_id = choreography.start("slam", {"robots": robots, "area": area, **extra})
+            system.queries.wait(saga_id, timeout=timeout)
+            view = system.queries.detail(saga_id)
+            console.print(
+                render.saga(view, with_history=False, with_outputs=False, width=console.width)
+            )
+            _explain(console, view)
+            outcomes.append(view["status"] == expected)
+    return outcomes
 
 
 def how_to_run_sagakit() -> tuple[str, str]:

@@ -49,6 +49,8 @@ def header(view: dict[str, Any]) -> Text:
         styled(view["status"]),
         f"  {_secs(view.get('duration'))}",
     )
+    if view.get("choreographed"):
+        text.append("  (choreographed)", style="cyan")
     if view.get("reason"):
         text.append(f"\n  reason: {view['reason']}", style="italic")
     if view.get("definition_deployed") is False:
@@ -185,12 +187,14 @@ def saga(
 def listing(views: list[dict[str, Any]]) -> Table:
     """A table of sagas."""
     table = Table()
+    if any(v.get("choreographed") for v in views):
+        table.caption = "* choreographed: folded from its events by the tracker"
     for column in ("id", "type", "status", "created", "took", "reason"):
         table.add_column(column, overflow="fold")
     for v in views:
         table.add_row(
             v["id"],
-            v["type"]
+            (f"{v['type']}*" if v.get("choreographed") else v["type"])
             + (
                 f" v{v['definition_version']} not deployed"
                 if v.get("definition_deployed") is False

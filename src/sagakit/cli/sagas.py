@@ -204,6 +204,9 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
         idempotency_key: Annotated[str | None, typer.Option(help="Start at most once.")] = None,
         timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 300.0,
+        choreographed: Annotated[
+            bool, typer.Option(help="Run it choreographed: services react to events (Redis).")
+        ] = False,
     ) -> None:
         """Start a saga; extra `--field value` options become input fields."""
         data: dict[str, Any] = {}
@@ -218,6 +221,12 @@ def register(app: typer.Typer) -> None:
         from . import render
 
         fields = parse_fields(ctx.args)
+        if choreographed:
+            from . import choreography
+
+            data.update({k: _maybe_json(v) for k, v in fields.items()})
+            choreography.start(saga_type, data, wait=wait, timeout=timeout, as_json=as_json)
+            return
         saga_type, version = pinned(saga_type)
         with ExitStack() as stack:
             # Bad input is told before a worker starts or the broker is asked.

@@ -121,6 +121,20 @@ def plan(settings: Settings, system: System, concurrency: int, password: str) ->
     return children
 
 
+def choreography_plan(settings: Settings) -> list[Child]:
+    """The tracker and a participant per service of the choreographies in SAGAKIT_IMPORTS."""
+    from ..choreography import discover
+
+    if not settings.redis_url:
+        raise StackError("sagakit up --choreographed needs SAGAKIT_REDIS_URL (its stream)")
+    _, participants = discover(settings.imports)
+    sagakit = _bin("sagakit")
+    children = [Child("tracker", [sagakit, "tracker"])]
+    for name in sorted(participants):
+        children.append(Child(f"participant-{name}", [sagakit, "participant", name]))
+    return children
+
+
 def check_ports(settings: Settings) -> None:
     """Refuse to start when the API's or Flower's port cannot be listened on."""
     if settings.api_port == settings.flower_port:
@@ -311,6 +325,12 @@ def register(app: typer.Typer) -> None:
         ready_timeout: Annotated[
             float, typer.Option(help="Seconds to wait for the API and Flower.")
         ] = 60,
+        choreographed: Annotated[
+            bool,
+            typer.Option(
+                help="Also run the choreography's tracker and one participant per service."
+            ),
+        ] = False,
     ) -> None:
         """Run migrations, a worker per queue, the API and Flower; Ctrl-C stops them all."""
         require_extra("sagakit up", ("fastapi", "uvicorn", "flower"))
@@ -334,6 +354,8 @@ def register(app: typer.Typer) -> None:
         system = System(settings, migrate=False)
         check_broker(system)
         children = plan(settings, system, concurrency, password)
+        if choreographed:
+            children[-2:-2] = choreography_plan(settings)
         stopping = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stopping.set())

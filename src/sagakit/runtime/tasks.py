@@ -54,11 +54,22 @@ logger = logging.getLogger(__name__)
 StepFunction = Callable[[StepContext], Any]
 EXPECTED = (NonRetryableError, RetryableError)
 
+_FUNCTIONS: dict[str, StepFunction] = {}
+"""The plain function behind each `saga_task`, by task name."""
+
+
+def step_function(name: str) -> StepFunction:
+    """The function registered as the step task `name` (a choreography's participant runs
+    the same code, without Celery). Raises KeyError for an unknown name."""
+    return _FUNCTIONS[name]
+
 
 def saga_task(name: str, **options: Any) -> Callable[[StepFunction], Any]:
     """Register `fn(ctx) -> output` as the Celery task `name`, run as a saga step."""
 
     def decorate(fn: StepFunction) -> Any:
+        _FUNCTIONS[name] = fn
+
         def run(self: Any, *args: Any, **kwargs: Any) -> Any:
             tracing = tracing_for(self.app)
             if tracing is None:

@@ -43,6 +43,8 @@ class SagaRecord:
     updated_at: datetime
     finished_at: datetime | None
     deadline_at: datetime | None
+    choreographed: bool = False
+    """Folded from a choreography's events by its tracker (`sagakit.choreography`)."""
 
     @property
     def saga_id(self) -> str:
@@ -113,6 +115,7 @@ LISTED = (
     "updated_at",
     "finished_at",
     "deadline_at",
+    "choreographed",
 )
 """A saga row's columns but its input (which only `get` reads)."""
 STEP_READ = (*STEP_COLUMNS, "output", *MESSAGE_COLUMNS)
@@ -176,6 +179,7 @@ def _record(values: Mapping[str, Any]) -> SagaRecord:
         updated_at=values["updated_at"],
         finished_at=values["finished_at"],
         deadline_at=values["deadline_at"],
+        choreographed=bool(values.get("choreographed")),
     )
 
 

@@ -154,20 +154,27 @@ def _pending(rows: Sequence[Any]) -> list[Pending]:
 
 def _pending_select() -> Any:
     s, st = t.sagas.c, t.steps.c
-    return sa.select(
-        st.saga_id,
-        s.saga_type,
-        st.name,
-        st.status,
-        st.attempt,
-        st.comp_attempt,
-        st.item,
-        st.task_id,
-        st.task_name,
-        st.queue,
-        st.not_before,
-        s.definition_version,
-    ).select_from(t.steps.join(t.sagas, s.saga_id == st.saga_id))
+    return (
+        sa.select(
+            st.saga_id,
+            s.saga_type,
+            st.name,
+            st.status,
+            st.attempt,
+            st.comp_attempt,
+            st.item,
+            st.task_id,
+            st.task_name,
+            st.queue,
+            st.not_before,
+            s.definition_version,
+        )
+        .select_from(t.steps.join(t.sagas, s.saga_id == st.saga_id))
+        .where(
+            # A choreographed saga's steps are events its tracker folds: nothing to send.
+            s.choreographed.is_(False)
+        )
+    )
 
 
 def take_due(
@@ -283,6 +290,7 @@ def overdue_sagas(db: sa.Engine, now: datetime, limit: int) -> list[str]:
                     s.deadline_at.is_not(None),
                     s.deadline_at < now,
                     s.status.in_(("pending", "running")),
+                    s.choreographed.is_(False),  # its tracker owns its timeouts
                 )
                 .limit(limit)
             ).scalars()
@@ -326,8 +334,11 @@ def outbox(db: sa.Engine, now: datetime) -> Outbox:
             for row in conn.execute(sa.select(w.running, w.reserved))
             for h in (*_decode(row.running), *_decode(row.reserved))
         }
-        unclaimed = sa.select(st.sent_at).where(
-            st.status.in_(BUSY_STATUSES), st.sent_at.is_not(None)
+        unclaimed = (
+            sa.select(st.sent_at)
+            .select_from(t.steps.join(t.sagas, t.sagas.c.saga_id == st.saga_id))
+            .where(st.status.in_(BUSY_STATUSES), st.sent_at.is_not(None))
+            .where(t.sagas.c.choreographed.is_(False))  # no worker ever holds those
         )
         if held:
             unclaimed = unclaimed.where(st.task_id.not_in(held))

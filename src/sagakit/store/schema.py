@@ -1,7 +1,8 @@
 """The saga log's tables (SQLAlchemy Core), one schema for SQLite and PostgreSQL.
 
 - ``sagakit_sagas``: one row per saga, its input (written once) and its head (a few
-  counters and words, the same size however large the saga);
+  counters and words, the same size however large the saga); ``choreographed`` marks a
+  saga the choreography tracker folds from its events (`sagakit.choreography`);
 - ``sagakit_steps``: one row per step instance: its state, its output (stored once, here),
   and the message of its current attempt (the outbox: sent or not, how often);
 - ``sagakit_transitions``: the append-only history, where every attempt's story is kept;
@@ -70,6 +71,7 @@ sagas = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime),
     sa.Column("deadline_at", UTCDateTime),
+    sa.Column("choreographed", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("saga_type", "idempotency_key", name="uq_sagakit_sagas_idempotency"),
     sa.Index("ix_sagakit_sagas_created", "created_at", "saga_id"),
     sa.Index("ix_sagakit_sagas_status_created", "status", "created_at", "saga_id"),

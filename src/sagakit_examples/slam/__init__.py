@@ -3,7 +3,8 @@
 The pure simulation lives in `world`, `planning`, `routing`, `sensing`, `mapping` and
 `render`; the services' settings, tables and databases in `settings`, `tables` and
 `databases`; the robot fleet in `fleet`; failure injection in `faults`; the saga definition
-in `saga` and its step tasks in `steps`. Importing this package (for instance via
+in `saga` and its step tasks in `steps`; the same mission choreographed (services reacting
+to events, ``slam_choreographed``) in `choreography`. Importing this package (for instance via
 ``SAGAKIT_IMPORTS=sagakit_examples.slam``, the default) registers the ``slam`` saga and its
 Celery tasks, the ``sagakit robots`` commands, the ``GET /api/robots`` route and the
 dashboard's robots panel and mission map.
@@ -14,6 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import steps
+from .choreography import participants
+from .choreography import script as choreographed
 from .cli import register_cli
 from .faults import Faults
 from .saga import MissionInput, mission
@@ -44,7 +47,9 @@ def register_dashboard(dashboard: Dashboard) -> None:
 __all__ = [
     "Faults",
     "MissionInput",
+    "choreographed",
     "mission",
+    "participants",
     "register_api",
     "register_cli",
     "register_dashboard",

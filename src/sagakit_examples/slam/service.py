@@ -13,13 +13,16 @@ reads from that step's output, by name (`output_of`).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from sagakit import NonRetryableError, StepContext
+from sagakit.choreography import after_commit as after_commit  # for the step tasks
+from sagakit.choreography import joined
 from sagakit.idempotency import once
 
 from . import databases
@@ -73,13 +76,26 @@ def commit(ctx: StepContext, service: Service, work: Callable[[sa.Connection], A
     """
     mission = mission_of(ctx)
     mission.faults.delay(ctx.step)
-    with engine(service).begin() as conn:
+    with _transaction(service) as conn:
         if ctx.direction == "compensation":
             once(conn, f"{ctx.saga_id}:{ctx.step}:action", lambda: FENCED)
         result = once(conn, ctx.key, lambda: work(conn))
         if not lifted(conn, service, ctx.saga_id, ctx.step):
             mission.faults.check(ctx, branches=mission.robots, seed=mission.seed)
     return result
+
+
+@contextmanager
+def _transaction(service: Service) -> Iterator[sa.Connection]:
+    """A transaction of `service`'s database: a savepoint of the choreography handler's
+    own transaction when one is running (its inbox and outbox commit with the work)."""
+    handler = joined()
+    if handler is None:
+        with engine(service).begin() as conn:
+            yield conn
+        return
+    with handler.begin_nested():
+        yield handler
 
 
 def map_path(saga_id: str) -> Path:

@@ -25,7 +25,16 @@ from .planning import plan
 from .render import Track, render_png
 from .routing import corners, expand
 from .sensing import encode_grid, explore_sector, grid_from_text, grid_to_text, scan_poses
-from .service import commit, engine, map_path, mission_of, output_of, world_of, write_map
+from .service import (
+    after_commit,
+    commit,
+    engine,
+    map_path,
+    mission_of,
+    output_of,
+    world_of,
+    write_map,
+)
 from .settings import Service
 from .tables import maps, plans, scans, utcnow
 
@@ -234,15 +243,19 @@ def integrate_maps(ctx: StepContext) -> Any:
         }
 
     output = commit(ctx, Service.MAPPING, store)
+
+    def write() -> None:
+        if write_map(ctx.saga_id, target):
+            logger.info(
+                "map integrated: coverage %.3f, accuracy %.3f, %s",
+                quality.coverage,
+                quality.accuracy,
+                target,
+            )
+
     # The file is written after the commit, from the stored map, so that a failed attempt
     # leaves no file behind; a repeated delivery writes it again.
-    if write_map(ctx.saga_id, target):
-        logger.info(
-            "map integrated: coverage %.3f, accuracy %.3f, %s",
-            quality.coverage,
-            quality.accuracy,
-            target,
-        )
+    after_commit(write)
     return output
 
 
