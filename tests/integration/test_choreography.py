@@ -99,6 +99,9 @@ def test_missions_complete_or_compensate_backwards(rig: Rig) -> None:
         assert [h["event"] for h in body["history"]][-1] == "saga_completed"
         listed = client.get("/api/sagas", params={"type": "slam_choreographed"}).json()
         assert ok in [item["id"] for item in listed["items"]]
+        page = client.get(f"/sagas/{ok}")
+        assert page.status_code == 200 and "choreographed" in page.text
+        assert "choreographed" in client.get("/", params={"type": "slam_choreographed"}).text
         metrics = client.get("/metrics").text
         assert 'sagakit_sagas_started_total{saga_type="slam_choreographed"}' in metrics
 
