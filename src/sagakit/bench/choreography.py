@@ -21,9 +21,9 @@ from ..queries import Queries
 from ..settings import Settings
 from ..store import make_db
 from ..store.db import Pooled
+from .burst import settle, summary
 
 MAX_STEPS = 8
-_SETTLED = ("completed", "compensated", "failed")
 
 _state: dict[str, Any] = {}
 
@@ -75,47 +75,16 @@ def burst(
         began = time.monotonic()
         ids = [choreography.start(f"bench_choreo_{steps}", {}) for _ in range(sagas)]
         started = time.monotonic() - began
-        deadline = time.monotonic() + timeout
-        pending = set(ids)
-        while pending and time.monotonic() < deadline:
-            statuses = queries.statuses(sorted(pending))
-            pending = {s for s in pending if statuses.get(s) not in _SETTLED}
-            time.sleep(0.1)
-        records = [queries.get(s) for s in ids]
+        records, left = settle(queries, ids, timeout)
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=10)
         choreography.bus.client.delete(stream, f"{stream}:dead")
-    return _summary(records, sagas, steps, started, len(pending))
+    return summary(records, sagas, steps, started, left)
 
 
 def _track(tracker: Any, stop: threading.Event) -> None:
     while not stop.is_set():
         if not guarded(tracker.step):
             stop.wait(1.0)
-
-
-def _summary(
-    records: list[Any], sagas: int, steps: int, started: float, left: int
-) -> dict[str, Any]:
-    done = [r for r in records if r.finished_at is not None]
-    latencies = sorted((r.finished_at - r.created_at).total_seconds() for r in done)
-    first = min(r.created_at for r in records)
-    last = max((r.finished_at for r in done), default=first)
-    elapsed = max((last - first).total_seconds(), 1e-9)
-    result: dict[str, Any] = {
-        "sagas": sagas,
-        "steps": steps,
-        "completed": sum(r.status == "completed" for r in records),
-        "unfinished": left,
-        "start_seconds": round(started, 3),
-        "elapsed_seconds": round(elapsed, 3),
-        "sagas_per_second": round(len(done) / elapsed, 1),
-    }
-    if latencies:
-        for q in (50, 90, 99):
-            index = min(len(latencies) - 1, round(q / 100 * (len(latencies) - 1)))
-            result[f"p{q}_ms"] = round(latencies[index] * 1000, 1)
-        result["mean_ms"] = round(sum(latencies) / len(latencies) * 1000, 1)
-    return result

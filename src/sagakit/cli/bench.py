@@ -22,13 +22,6 @@ from ..core.errors import InvalidInput
 MAX_STEPS = 8
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100), nearest rank."""
-    ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered)) - 1))
-    return ordered[index]
-
-
 def _widths(value: str | None) -> list[int]:
     if value is None:
         return []
@@ -162,6 +155,7 @@ def register(app: typer.Typer) -> None:
 
 def _burst(sagas: int, steps: int, timeout: float) -> dict[str, Any]:
     """Start N sagas at once, wait for all; latency percentiles and sagas/s."""
+    from ..bench.burst import settle, summary
     from .sagas import open_system
 
     with ExitStack() as stack:
@@ -170,33 +164,7 @@ def _burst(sagas: int, steps: int, timeout: float) -> dict[str, Any]:
         began = time.monotonic()
         ids = [engine.start(f"bench_{steps}", {}).saga_id for _ in range(sagas)]
         started = time.monotonic() - began
-        deadline = time.monotonic() + timeout
-        pending = set(ids)
-        while pending and time.monotonic() < deadline:
-            # One query per poll: the benchmark must not load the database it measures.
-            statuses = queries.statuses(sorted(pending))
-            pending = {s for s in pending if statuses.get(s) not in _SETTLED}
-            time.sleep(0.1)
-        records = [queries.get(s) for s in ids]
-    done = [r for r in records if r.finished_at is not None]
-    latencies = [(r.finished_at - r.created_at).total_seconds() for r in done if r.finished_at]
-    first = min(r.created_at for r in records)
-    last = max((r.finished_at for r in done if r.finished_at), default=first)
-    elapsed = max((last - first).total_seconds(), 1e-9)
-    result: dict[str, Any] = {
-        "sagas": sagas,
-        "steps": steps,
-        "completed": sum(r.status == "completed" for r in records),
-        "unfinished": len(pending),
-        "start_seconds": round(started, 3),
-        "elapsed_seconds": round(elapsed, 3),
-        "sagas_per_second": round(len(done) / elapsed, 1),
-        "broker": "embedded" if system.settings.embedded else "configured",
-    }
-    if latencies:
-        result.update({f"p{q}_ms": round(percentile(latencies, q) * 1000, 1) for q in (50, 90, 99)})
-        result["mean_ms"] = round(sum(latencies) / len(latencies) * 1000, 1)
+        records, left = settle(queries, ids, timeout)
+    result = summary(records, sagas, steps, started, left)
+    result["broker"] = "embedded" if system.settings.embedded else "configured"
     return result
-
-
-_SETTLED = ("completed", "compensated", "failed")

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from .dbapi import Connections
-from .reads import LISTED, SagaRecord, _record, _rows
+from .reads import LISTED, SagaRecord, _record, _rows, saga_filters
 
 MAX_DURATIONS = 20_000
 """Most finished sagas of the last hour whose durations the percentiles are taken over."""
@@ -41,23 +40,6 @@ class WorkerBeat:
     reserved: int
 
 
-def _filters(
-    saga_type: str | None, created_after: datetime | None, created_before: datetime | None
-) -> tuple[list[str], dict[str, Any]]:
-    where: list[str] = []
-    params: dict[str, Any] = {}
-    if saga_type:
-        where.append("saga_type = :saga_type")
-        params["saga_type"] = saga_type
-    if created_after:
-        where.append("created_at >= :created_after")
-        params["created_after"] = created_after
-    if created_before:
-        where.append("created_at < :created_before")
-        params["created_before"] = created_before
-    return where, params
-
-
 def count_by_status(
     db: Connections,
     *,
@@ -66,7 +48,7 @@ def count_by_status(
     created_before: datetime | None = None,
 ) -> dict[str, int]:
     """How many sagas are in each status (statuses with none are left out)."""
-    where, params = _filters(saga_type, created_after, created_before)
+    where, params = saga_filters(saga_type, created_after, created_before)
     rows = _rows(
         db,
         "SELECT status, count(*) FROM sagakit_sagas"

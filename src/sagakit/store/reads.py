@@ -233,6 +233,24 @@ def history(db: Connections, saga_id: str, *, after: int = 0) -> list[HistoryRec
     return [HistoryRecord(**r) for r in rows]
 
 
+def saga_filters(
+    saga_type: str | None, created_after: datetime | None, created_before: datetime | None
+) -> tuple[list[str], dict[str, Any]]:
+    """WHERE terms and parameters of a listing's type and time-range filters."""
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if saga_type:
+        where.append("saga_type = :saga_type")
+        params["saga_type"] = saga_type
+    if created_after:
+        where.append("created_at >= :created_after")
+        params["created_after"] = created_after
+    if created_before:
+        where.append("created_at < :created_before")
+        params["created_before"] = created_before
+    return where, params
+
+
 def list_sagas(
     db: Connections,
     *,
@@ -245,20 +263,10 @@ def list_sagas(
     limit: int = 50,
 ) -> list[SagaRecord]:
     """Sagas, newest first, filtered; `after` continues a listing past its cursor."""
-    where = []
-    params: dict[str, Any] = {}
+    where, params = saga_filters(saga_type, created_after, created_before)
     if status:
         where.append("status = :status")
         params["status"] = status
-    if saga_type:
-        where.append("saga_type = :saga_type")
-        params["saga_type"] = saga_type
-    if created_after:
-        where.append("created_at >= :created_after")
-        params["created_after"] = created_after
-    if created_before:
-        where.append("created_at < :created_before")
-        params["created_before"] = created_before
     if search:
         where.append("(saga_id = :search OR idempotency_key = :search)")
         params["search"] = search
