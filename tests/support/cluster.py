@@ -29,6 +29,19 @@ def wait_for(
         time.sleep(interval)
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process group (a warm shutdown), then SIGKILL those that hang."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
 class Cluster:
     """Starts, kills and stops worker subprocesses sharing one environment."""
 
@@ -69,15 +82,7 @@ class Cluster:
 
     def stop(self) -> None:
         """Stop every worker: SIGTERM (warm shutdown), then SIGKILL if it hangs."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        stop_all(self.procs)
 
     def logs(self) -> str:
         """Tail of every worker log, for failure messages."""

@@ -4,14 +4,13 @@ process serving every queue, sending task events), the API and Flower with basic
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from tests.support.cluster import ROOT, SAGAKIT, wait_for
+from tests.support.cluster import ROOT, SAGAKIT, stop_all, wait_for
 from tests.support.redis_server import free_port
 
 CELERY = str(Path(SAGAKIT).with_name("celery"))
@@ -33,15 +32,7 @@ class Stack:
         return httpx.Client(base_url=self.api, headers=headers, timeout=10)
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        stop_all(self.procs)
 
     def tail(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in self.logs.glob("*.log"))
