@@ -287,8 +287,12 @@ class Engine:
             outputs=dict([output]) if output is not None else None,
         )
         rows = entries(tx.state, decision, event, list(messages.values()), now, attempt)
-        if not tx.write(decision, messages, rows, now=now, output=output):
+        sealable = _sealable(messages, _changed(decision), now)
+        unsealed = not decision.state.sources and any(messages[n].state is None for n in sealable)
+        if not tx.write(decision, messages, rows, now=now, output=output, next_undo=unsealed):
             return None
+        if unsealed and tx.next_known:
+            messages = self._seal(messages, decision, tx.version + 1, tx.next_undo, now)
         return tx.state, decision, messages, rows
 
     def send(
@@ -329,14 +333,18 @@ class Engine:
         outputs: Mapping[str, Any] | None = None,
     ) -> dict[str, OutboxMessage]:
         """The decision's messages; those sent now carry the saga as this transition leaves
-        it (`version`, after it; `read`, the instances it read), for the worker to decide on."""
+        it (`version`, after it; `read`, the instances it read), for the worker to decide on.
+
+        When what was read does not tell which instance is next to undo afterwards (the
+        top one began its compensation), the messages are returned unsealed: the write
+        learns it (`Transition.write`'s `next_undo`), then `_seal` seals them."""
         state = decision.state
         out = {}
-        changed = {st.name: st for st in (*decision.created, *decision.updated)}
+        changed = _changed(decision)
         known, top = (False, None) if state.sources else _top_after(read, changed)
         loaded: dict[str, Any] = dict(outputs or {})  # what arguments read, once per transition
         for c in decision.commands:
-            message = self.message(
+            out[c.step] = self.message(
                 saga,
                 state.saga_id,
                 c.step,
@@ -348,16 +356,30 @@ class Engine:
                 input,
                 loaded,
             )
-            if known and c.delay <= 0 and c.step in changed:
-                steps = {c.step: changed[c.step]}
-                if top is not None:
-                    steps[top.name] = top
-                carried = Snapshot(state, version, steps).encode()
-                key = self.log.state_key()
-                header = seal(key, message.task_id, message.kwargs, carried)
-                message = replace(message, state=header)
-            out[c.step] = message
-        return out
+        return self._seal(out, decision, version, top, now) if known else out
+
+    def _seal(
+        self,
+        messages: dict[str, OutboxMessage],
+        decision: Decision,
+        version: int,
+        top: StepState | None,
+        now: datetime,
+    ) -> dict[str, OutboxMessage]:
+        """Seal into each message sent now the saga as the transition leaves it: the head
+        at `version`, the attempt's own instance and `top`, the next to undo."""
+        changed = _changed(decision)
+        key = None
+        for name in _sealable(messages, changed, now):
+            message = messages[name]
+            steps = {name: changed[name]}
+            if top is not None:
+                steps[top.name] = top
+            carried = Snapshot(decision.state, version, steps).encode()
+            key = key or self.log.state_key()
+            header = seal(key, message.task_id, message.kwargs, carried)
+            messages[name] = replace(message, state=header)
+        return messages
 
     def message(
         self,
@@ -473,6 +495,18 @@ class Engine:
                 self.events.publish(rows)
             except Exception as exc:  # best effort: the SQL log is the source of truth
                 logger.warning("event stream publish failed: %s", exc)
+
+
+def _changed(decision: Decision) -> dict[str, StepState]:
+    """The instances a decision writes, by name."""
+    return {st.name: st for st in (*decision.created, *decision.updated)}
+
+
+def _sealable(
+    messages: Mapping[str, OutboxMessage], changed: Mapping[str, StepState], now: datetime
+) -> list[str]:
+    """The messages that carry the saga's state: those sent now, of instances written."""
+    return [n for n, m in messages.items() if m.not_before <= now and n in changed]
 
 
 _INPUT = "<input>"

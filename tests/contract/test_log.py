@@ -79,6 +79,30 @@ def test_an_outcome_is_one_write_on_the_state_its_message_carries(rig: Rig) -> N
     assert rig.queries.replay(rig.engine.sagas["two"], saga_id) == stored
 
 
+def test_compensations_run_on_the_state_their_messages_carry(rig: Rig) -> None:
+    saga_id = rig.engine.start("undo", {}).saga_id
+    for _ in "abc":
+        rig.complete(rig.last())
+    counts = rig.engine.log.counts
+    before = (counts.transactions, counts.statements)
+    rig.fail(rig.last())  # d fails for good: c, b and a are undone, in that order
+    undone = []
+    for _ in "cba":
+        message = rig.last()
+        assert message.kwargs["direction"] == "compensation"
+        snapshot = rig.carried(message)  # the next to undo rides along: no read
+        assert snapshot is not None
+        undone.append(message.kwargs["step"])
+        rig.complete(message, snapshot=snapshot)
+    assert undone == ["c", "b", "a"]
+    assert rig.queries.get(saga_id).status == "compensated"
+    if rig.engine.log.postgres:  # one statement per outcome, reads included
+        spent = (counts.transactions - before[0], counts.statements - before[1])
+        assert spent == (4, 4)
+    stored = rig.queries.stored(saga_id)
+    assert rig.queries.replay(rig.engine.sagas["undo"], saga_id) == stored
+
+
 def test_the_carried_state_is_trusted_only_under_the_logs_seal(rig: Rig) -> None:
     rig.engine.start("two", {})
     message = rig.last()

@@ -29,7 +29,7 @@ from tests.support.served import serve
 
 Labels = frozenset[tuple[str, str]]
 Samples = dict[tuple[str, Labels], float]
-TYPES = ("fan", "two", "typed")
+TYPES = ("fan", "two", "typed", "undo")
 """The saga types tests.support.rig defines: the API knows them."""
 COUNTERS = (
     "sagakit_sagas_started_total",
@@ -247,7 +247,7 @@ def test_counters_count_exactly_what_ran_across_folds_and_never_go_down(
     first = rig.last()
 
     samples = scrape()
-    assert started(samples) == {("fan",): 0, ("two",): 6, ("typed",): 0}
+    assert started(samples) == {("fan",): 0, ("two",): 6, ("typed",): 0, ("undo",): 0}
     assert finished(samples) == {("completed", "two"): 4, ("compensated", "two"): 1}
     assert in_flight(samples) == {("two", "running"): 1}
     assert attempts(samples) == {
@@ -278,7 +278,7 @@ def test_counters_count_exactly_what_ran_across_folds_and_never_go_down(
     rig.engine.start("typed", {"quantity": 1, "sku": "x"})
     assert rig.queries.get(running).status == "completed"
 
-    expected_started = {("fan",): 0, ("two",): 7, ("typed",): 1}
+    expected_started = {("fan",): 0, ("two",): 7, ("typed",): 1, ("undo",): 0}
     expected_finished = {("completed", "two"): 5, ("compensated", "two"): 2}
     expected_attempts = {
         ("action", "two", "succeeded", "a"): 6,

@@ -46,7 +46,12 @@ FAN = Saga(
         ),
     ],
 )
-SAGAS = {"two": TWO, "typed": TYPED, "fan": FAN}
+ONCE = RetryPolicy(max_attempts=1)
+UNDO = Saga(
+    "undo",
+    [Step(name, f"svc.{name}", f"svc.undo_{name}", retry=ONCE) for name in ("a", "b", "c", "d")],
+)
+SAGAS = {"two": TWO, "typed": TYPED, "fan": FAN, "undo": UNDO}
 
 
 class Clock:

@@ -268,6 +268,13 @@ class _Sql:
         self.outputs = self._p(
             "SELECT name, output FROM sagakit_steps WHERE saga_id = :saga_id AND output IS NOT NULL"
         )
+        # The next instance to undo among those a transition does not write (it knows
+        # those), as the saga stood before the transition: with the instances it writes,
+        # that tells which is next to undo once it is written.
+        self.next_undo = (
+            f"SELECT {_STEPS} FROM sagakit_steps WHERE saga_id = :saga_id "
+            "AND ord IS NOT NULL AND {unwritten} ORDER BY ord DESC LIMIT 1"
+        )
         self.unsend = self._p(
             "UPDATE sagakit_steps SET sent_at = NULL "
             "WHERE saga_id = :saga_id AND name = :name AND task_id = :task_id"
@@ -292,23 +299,40 @@ class _Sql:
         rows = ", ".join("(" + ", ".join(f":{c}_{i}" for c in columns) + ")" for i in range(n))
         return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {rows}"
 
-    def composed(self, parts: Sequence[_Part], *, guarded: bool) -> str:
+    def unwritten(self, n: int) -> str:
+        """The condition of `next_undo` leaving out `n` instances (``:w0``, ``:w1``...)."""
+        if n == 0:
+            return "1 = 1"
+        return "name NOT IN (" + ", ".join(f":w{i}" for i in range(n)) + ")"
+
+    def composed(self, parts: Sequence[_Part], *, guarded: bool, undo: int | None = None) -> str:
         """The parts as one statement of data-modifying CTEs (run in one snapshot; foreign
         keys checked at its end).
 
         `guarded`: the first part is the head's write, named ``ok``, the others join it,
-        and the statement returns how many head rows it changed (0 or 1). Otherwise the
-        first part is the main statement. Each part's parameters are prefixed ``p<i>_``;
-        the text is built once per shape.
+        and the statement returns how many head rows it changed (0 or 1); with `undo`, the
+        number of instances written, also the next to undo among the others (`next_undo`,
+        its parameters prefixed ``u_``), read before the writes. Otherwise the first part
+        is the main statement. Each part's parameters are prefixed ``p<i>_``; the text is
+        built once per shape.
         """
-        key = (guarded, *(p.key for p in parts))
+        key = (guarded, undo, *(p.key for p in parts))
         text = self._composed.get(key)
         if text is None:
             texts = [_prefixed(p.text, f"p{i}") for i, p in enumerate(parts)]
             if guarded:
                 ctes = [f"ok AS ({texts[0]})"]
                 ctes += [f"w{i} AS ({t})" for i, t in enumerate(texts[1:], start=1)]
-                text = self._p(f"WITH {', '.join(ctes)} SELECT count(*) FROM ok")
+                main = "SELECT count(*) FROM ok"
+                if undo is not None:
+                    # Data-modifying CTEs and the main query share one snapshot: this
+                    # reads the rows as they were before the writes.
+                    nxt = self.next_undo.format(unwritten=self.unwritten(undo))
+                    main = (
+                        f"SELECT (SELECT count(*) FROM ok), nu.* FROM (SELECT 1) AS one "
+                        f"LEFT JOIN ({_prefixed(nxt, 'u')}) AS nu ON 1 = 1"
+                    )
+                text = self._p(f"WITH {', '.join(ctes)} {main}")
             else:
                 ctes = [f"w{i} AS ({t})" for i, t in enumerate(texts[1:], start=1)]
                 text = self._p(f"WITH {', '.join(ctes)} {texts[0]}" if ctes else texts[0])
@@ -455,20 +479,36 @@ class SqlLog:
             return _Part((key,), doc_text, {"doc": self._jsonb(_document(values, values))})
         return _Part((key,), raw_text, self._params(values))
 
-    def _execute(self, conn: Any, parts: Sequence[_Part], *, guarded: bool = False) -> bool:
+    def _execute(
+        self,
+        conn: Any,
+        parts: Sequence[_Part],
+        *,
+        guarded: bool = False,
+        undo: _Undo | None = None,
+    ) -> bool:
         """Run a transition's writes: one statement on PostgreSQL, each on its own on SQLite.
 
         `guarded`: the first part is the head's write, at the version read; if it changes
-        no row, nothing else is written and the result is False.
+        no row, nothing else is written and the result is False. `undo` (guarded only):
+        also read the next instance to undo among those not written, into `undo.found`.
         """
         if not parts:
             return True
         if self.postgres:
             params = {f"p{i}_{k}": v for i, p in enumerate(parts) for k, v in p.params.items()}
+            n = None
+            if undo is not None:
+                n = len(undo.written)
+                params["u_saga_id"] = undo.saga_id
+                params.update({f"u_w{i}": name for i, name in enumerate(undo.written)})
             self.counts.add("sql_statements")
-            cursor = conn.execute(self.sql.composed(parts, guarded=guarded), params, prepare=True)
+            text = self.sql.composed(parts, guarded=guarded, undo=n)
+            cursor = conn.execute(text, params, prepare=True)
             if guarded:
                 row = cursor.fetchone()
+                if undo is not None and row is not None and row[1] is not None:
+                    undo.found = self._step(row[1:])
                 return bool(row and row[0])
             return True
         for n, part in enumerate(parts):
@@ -476,7 +516,20 @@ class SqlLog:
             cursor = conn.execute(part.text, part.params)
             if guarded and n == 0 and cursor.rowcount != 1:
                 return False
+            if undo is not None and n == 0:
+                # The rows as they were before the writes, in the same transaction.
+                text = self.sql.next_undo.format(unwritten=self.sql.unwritten(len(undo.written)))
+                params = {"saga_id": undo.saga_id}
+                params.update({f"w{i}": name for i, name in enumerate(undo.written)})
+                self.counts.add("sql_statements")
+                found = conn.execute(text, params).fetchone()
+                undo.found = None if found is None else self._step(found)
         return True
+
+    def _step(self, values: Sequence[Any]) -> StepState:
+        found = dict(zip(STEP_COLUMNS, values, strict=True))
+        found["item"] = self._decode(found["item"])
+        return step_from(found)
 
     @contextmanager
     def _transaction(self, conn: Any) -> Iterator[Any]:
@@ -513,9 +566,8 @@ class SqlLog:
         steps: dict[str, StepState] = {}
         for values in (rest[:k], rest[k:]):
             if values[0] is not None:
-                found = dict(zip(STEP_COLUMNS, values, strict=True))
-                found["item"] = self._decode(found["item"])
-                steps[found["name"]] = step_from(found)
+                st = self._step(values)
+                steps[st.name] = st
         return Snapshot(head_from(head), int(head["version"]), steps), small_input
 
     # --- writes --------------------------------------------------------------------
@@ -588,9 +640,8 @@ class SqlLog:
             steps = dict(snapshot.steps)
             if needs.failed:
                 for found in self._run(conn, self.sql.failed, {"saga_id": saga_id}).fetchall():
-                    values = dict(zip(STEP_COLUMNS, found, strict=True))
-                    values["item"] = self._decode(values["item"])
-                    steps[values["name"]] = step_from(values)
+                    st = self._step(found)
+                    steps[st.name] = st
             yield Transition(self, conn, snapshot.state, snapshot.version, steps)
 
     def on(self, snapshot: Snapshot) -> Transition:
@@ -707,6 +758,9 @@ class Transition:
     state: SagaState
     version: int
     steps: dict[str, StepState] = field(default_factory=dict)
+    next_known: bool = False
+    """After a write asked for it: `next_undo` holds the next instance to undo."""
+    next_undo: StepState | None = None
 
     def write(
         self,
@@ -716,10 +770,13 @@ class Transition:
         *,
         now: datetime,
         output: tuple[str, Any] | None = None,
+        next_undo: bool = False,
     ) -> bool:
         """Write what the decision changed; `output` is (instance, value) of a success.
 
         False when the saga changed since it was read (nothing is written then).
+        `next_undo`: also learn, in the same statement, which instance is next to undo
+        once the write is done (`self.next_undo`), when what was read cannot tell.
         """
         log, head = self.log, decision.state
         values = {
@@ -737,22 +794,43 @@ class Transition:
             parts = [_Part(("head",), log.sql.raw_head, params)]
         parts += log._step_parts(head.saga_id, decision, messages, output, now)
         parts += log._history_parts(entries)
+        written = {st.name: st for st in (*decision.created, *decision.updated)}
+        undo = _Undo(head.saga_id, tuple(written)) if next_undo else None
         if self.conn is not None:
-            applied = log._execute(self.conn, parts, guarded=True)
+            applied = log._execute(self.conn, parts, guarded=True, undo=undo)
             if not applied:
                 raise RuntimeError(f"saga {head.saga_id} changed under its row lock")
-            return True
-        with log._connection() as conn:
-            if log.postgres:  # one statement: it commits on its own
-                log.counts.add("sql_transactions")
-                return log._execute(conn, parts, guarded=True)
-            try:
-                with log._transaction(conn):
-                    if not log._execute(conn, parts, guarded=True):
-                        raise _Unchanged
-            except _Unchanged:
-                return False
-            return True
+        else:
+            with log._connection() as conn:
+                if log.postgres:  # one statement: it commits on its own
+                    log.counts.add("sql_transactions")
+                    applied = log._execute(conn, parts, guarded=True, undo=undo)
+                else:
+                    try:
+                        with log._transaction(conn):
+                            if not log._execute(conn, parts, guarded=True, undo=undo):
+                                raise _Unchanged
+                        applied = True
+                    except _Unchanged:
+                        applied = False
+        if applied and undo is not None:
+            waiting = [st for st in written.values() if st.order is not None]
+            if undo.found is not None:
+                waiting.append(undo.found)
+            self.next_undo = max(waiting, key=lambda st: st.order or 0, default=None)
+            self.next_known = True
+        return applied
+
+
+@dataclass
+class _Undo:
+    """What `Transition.write` asks of its statement about the next instance to undo."""
+
+    saga_id: str
+    written: tuple[str, ...]
+    """The instances the transition writes (left out of the read: their rows change)."""
+    found: StepState | None = None
+    """The waiting instance of greatest order among the others, as they were."""
 
 
 class _Unchanged(Exception):
