@@ -839,10 +839,12 @@ class _Unchanged(Exception):
 
 def _document(values: Mapping[str, Any], columns: Iterable[str]) -> dict[str, Any]:
     """A row as JSON for jsonb_populate_record: datetimes as ISO 8601, JSON columns as is."""
-    return {
-        c: values[c].isoformat() if isinstance(values.get(c), datetime) else values.get(c)
-        for c in columns
-    }
+    doc = dict(values) if columns is values else {c: values.get(c) for c in columns}
+    for c in _TIME_COLUMNS.intersection(doc):
+        value = doc[c]
+        if isinstance(value, datetime):
+            doc[c] = value.isoformat()
+    return doc
 
 
 def _message_row(message: OutboxMessage, now: datetime) -> dict[str, Any]:
