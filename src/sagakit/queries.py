@@ -378,9 +378,11 @@ class Queries:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
     ) -> dict[str, int]:
-        """How many sagas are in each status, every status named (0 when none)."""
+        """How many sagas are in each status, every status named (0 when none); a count
+        above `COUNT_CAP` means more than that (counting stops there)."""
         found = overview.count_by_status(
             self.db,
+            STATUSES,
             saga_type=saga_type,
             created_after=created_after,
             created_before=created_before,

@@ -31,6 +31,30 @@ def test_unknown_saga_raises_not_found(rig: Rig) -> None:
         rig.queries.get("nope")
 
 
+def test_counts_by_status_are_exact_up_to_the_cap_and_say_more_past_it(rig: Rig) -> None:
+    from sagakit.store import overview
+
+    for _ in range(4):
+        rig.engine.start("two", {})
+    rig.clock.advance(60)
+    later = rig.clock()
+    done = rig.engine.start("two", {}).saga_id
+    rig.complete(rig.dispatcher.for_saga(done)[0])
+    rig.complete(rig.last())
+    rig.engine.start("typed", {"quantity": 1, "sku": "x"})
+    statuses = ("running", "completed", "failed")
+    db = rig.queries.db
+    assert overview.count_by_status(db, statuses) == {"running": 5, "completed": 1, "failed": 0}
+    capped = overview.count_by_status(db, statuses, cap=3)
+    assert capped == {"running": 4, "completed": 1, "failed": 0}  # above 3: "more than 3"
+    assert overview.count_by_status(db, statuses, saga_type="two", cap=3)["running"] == 4
+    assert overview.count_by_status(db, statuses, saga_type="typed")["running"] == 1
+    recent = overview.count_by_status(db, statuses, created_after=later)
+    assert recent == {"running": 1, "completed": 1, "failed": 0}
+    assert overview.count_by_status(db, statuses, created_before=later)["running"] == 4
+    assert rig.queries.counts()["running"] == 5
+
+
 def test_list_is_newest_first_filtered_and_paged_by_cursor(rig: Rig) -> None:
     ids = []
     for i in range(7):

@@ -1,14 +1,15 @@
 """Aggregates of the saga log for the dashboard: counts by status, sagas needing an
 operator, the last hour's outcomes, and the workers' heartbeats.
 
-Each statement is served by an index of the saga log: counts by status read
-``ix_sagakit_sagas_status_created`` (an index-only scan on PostgreSQL), the failed sagas
+Each statement is served by an index of the saga log: counts by status read, up to a cap,
+``ix_sagakit_sagas_status_created`` or ``ix_sagakit_sagas_type_status``, the failed sagas
 the same index's ``status = 'failed'`` range, the last hour ``ix_sagakit_sagas_created`` and
 ``ix_sagakit_sagas_finished``, and compensation failures ``ix_sagakit_transitions_outcomes``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -40,23 +41,34 @@ class WorkerBeat:
     reserved: int
 
 
+COUNT_CAP = 10_000
+"""Counts stop here: past it a status reads as "at least COUNT_CAP" (`count_by_status`)."""
+
+
 def count_by_status(
     db: Connections,
+    statuses: Sequence[str],
     *,
     saga_type: str | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
+    cap: int = COUNT_CAP,
 ) -> dict[str, int]:
-    """How many sagas are in each status (statuses with none are left out)."""
+    """How many sagas are in each status, counted up to `cap` + 1: a count above `cap`
+    means "more than `cap`". Each status counts along its own range of an index
+    (``ix_sagakit_sagas_status_created``, or ``ix_sagakit_sagas_type_status`` with a type),
+    so the cost is bounded by the cap, not by the size of the log."""
     where, params = saga_filters(saga_type, created_after, created_before)
-    rows = _rows(
-        db,
-        "SELECT status, count(*) FROM sagakit_sagas"
-        + (f" WHERE {' AND '.join(where)}" if where else "")
-        + " GROUP BY status",
-        params,
-        ("status", "count"),
-    )
+    terms = "".join(f" AND {w}" for w in where)
+    parts = []
+    for i, status in enumerate(statuses):
+        params[f"s{i}"] = status
+        parts.append(
+            f"SELECT :s{i} AS status, (SELECT count(*) FROM (SELECT 1 FROM sagakit_sagas "
+            f"WHERE status = :s{i}{terms} LIMIT :cap) AS c{i}) AS n"
+        )
+    params["cap"] = cap + 1
+    rows = _rows(db, " UNION ALL ".join(parts), params, ("status", "count"))
     return {str(r["status"]): int(r["count"]) for r in rows}
 
 

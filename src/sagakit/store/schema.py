@@ -76,6 +76,9 @@ sagas = sa.Table(
     sa.Index("ix_sagakit_sagas_created", "created_at", "saga_id"),
     sa.Index("ix_sagakit_sagas_status_created", "status", "created_at", "saga_id"),
     sa.Index("ix_sagakit_sagas_type_created", "saga_type", "created_at", "saga_id"),
+    # Counts by status of one type (the dashboard): a status changes twice in a saga's
+    # life, so the transitions between keep their HOT updates.
+    sa.Index("ix_sagakit_sagas_type_status", "saga_type", "status", "created_at"),
     sa.Index(
         "ix_sagakit_sagas_key",
         "idempotency_key",

@@ -24,6 +24,7 @@ from ...core.errors import InvalidInput, SagaError
 from ...core.inputs import check_saga_id
 from ...queries import STATUSES, summary_view
 from ...runtime.dispatch import BrokerWatch
+from ...store.overview import COUNT_CAP
 from ...system import System
 from ..deps import SystemDep
 from ..errors import RETRY_AFTER, status_for
@@ -181,10 +182,12 @@ def _page_values(system: System, filters: dict[str, str]) -> dict[str, Any]:
         view["on"] = _on(system, view, int(view.get("stage", -1)))
     counts = queries.counts(saga_type=saga_type, created_after=after)
     base = {k: v for k, v in filters.items() if k != "cursor"}
+    total = sum(min(n, COUNT_CAP) for n in counts.values())
+    capped = any(n > COUNT_CAP for n in counts.values())
     return {
         "sagas": views,
-        "counts": counts,
-        "total": sum(counts.values()),
+        "counts": {s: f"{COUNT_CAP}+" if n > COUNT_CAP else str(n) for s, n in counts.items()},
+        "total": f"{total}+" if capped else str(total),
         "filters": filters,
         "status_links": {
             s: "/?" + urlencode({**{k: v for k, v in base.items() if k != "status"}, "status": s})
