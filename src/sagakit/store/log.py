@@ -214,6 +214,8 @@ class _Sql:
             for message in (False, True)
         }
         self._composed: dict[tuple[Any, ...], str] = {}
+        self.inserts: dict[tuple[str, bool], str] = {}
+        """`doc_rows` by (table, guarded), built on first use (each table has one column list)."""
         # PostgreSQL: each write takes its rows as one JSON parameter (jsonb_populate_record),
         # so a transition's writes make one short statement with a handful of parameters,
         # which psycopg converts once and the server plans once.
@@ -462,7 +464,11 @@ class SqlLog:
             return []
         if self.postgres:
             doc = self._jsonb([_document(r, columns) for r in rows])
-            text = self.sql.doc_rows(table, columns, guarded=guarded)
+            text = self.sql.inserts.get((table, guarded))
+            if text is None:
+                text = self.sql.inserts[table, guarded] = self.sql.doc_rows(
+                    table, columns, guarded=guarded
+                )
             return [_Part(("rows", table, guarded), text, {"doc": doc})]
         batch = max(1, 30_000 // len(columns))
         parts = []
