@@ -232,16 +232,18 @@ class _Sql:
         )
         update_cols = [c for c in STEP_COLUMNS if c != "name"]
         self.doc_update = {
-            (output, message): _set_from_doc(
+            (output, message, one): _set_from_doc(
                 "sagakit_steps",
                 (
                     *update_cols,
                     *(["output"] if output else []),
                     *(MESSAGE_COLUMNS if message else ()),
                 ),
+                one=one,
             )
             for output in (False, True)
             for message in (False, True)
+            for one in (False, True)
         }
         saga_cols = (
             *SAGA_COLUMNS,
@@ -363,19 +365,23 @@ class _Part:
     params: dict[str, Any]
 
 
-def _set_from_doc(table: str, columns: Sequence[str]) -> str:
+def _set_from_doc(table: str, columns: Sequence[str], *, one: bool = False) -> str:
     """UPDATE of `columns` of one saga's rows from the rows in one JSON parameter ``:doc``
     (PostgreSQL), if the head's write (the CTE ``ok``) took effect.
 
     The rows are matched by ``saga_id = :saga_id``, a parameter, so the plan is an index
-    scan of that saga's rows whatever the planner guesses of the JSON's length.
+    scan of that saga's rows whatever the planner guesses of the JSON's length. `one`: the
+    document is one row whose name is ``:name`` too, so the plan is one primary-key lookup
+    (a transition that changes one instance costs the same however many the saga has).
     """
     targets = ", ".join(columns)
     values = ", ".join(f"v.{c}" for c in columns)
+    source = "jsonb_populate_record" if one else "jsonb_populate_recordset"
+    match = "t.name = :name" if one else "t.name = v.name"
     return (
         f"UPDATE {table} AS t SET ({targets}) = ({values}) "
-        f"FROM jsonb_populate_recordset(NULL::{table}, :doc) AS v, ok "
-        "WHERE t.saga_id = :saga_id AND t.name = v.name"
+        f"FROM {source}(NULL::{table}, :doc) AS v, ok "
+        f"WHERE t.saga_id = :saga_id AND {match}"
     )
 
 
@@ -688,9 +694,15 @@ class SqlLog:
             by_variant.setdefault((with_output, message is not None), []).append(values)
         for variant, rows in by_variant.items():
             if self.postgres:
-                doc = self._jsonb([_document(r, r) for r in rows])
-                params = {"doc": doc, "saga_id": saga_id}
-                parts.append(_Part(("update", *variant), self.sql.doc_update[variant], params))
+                one = len(rows) == 1
+                params = {"saga_id": saga_id}
+                if one:
+                    [row] = rows
+                    params.update(doc=self._jsonb(_document(row, row)), name=row["name"])
+                else:
+                    params["doc"] = self._jsonb([_document(r, r) for r in rows])
+                shape = (*variant, one)
+                parts.append(_Part(("update", *shape), self.sql.doc_update[shape], params))
             else:
                 parts.extend(
                     _Part(("update", *variant), self.sql.raw_update[variant], self._params(r))
