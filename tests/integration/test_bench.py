@@ -63,6 +63,10 @@ def test_compare_runs_every_contender_and_reports_ratios(
     # A saga step is about one durable write: the counts come from every process of the run.
     assert 1.0 <= result["saga"]["per_step"]["sql_transactions"] < 2.0
     assert set(result["saga_vs_chain"]) == {"latency", "throughput", "failure_path"}
+    by_round = result["saga_vs_chain_by_round"]
+    assert all(len(by_round[key]) == result["rounds"] for key in result["saga_vs_chain"])
+    latency = by_round["latency"]
+    assert min(latency) <= result["saga_vs_chain"]["latency"] <= max(latency)
 
 
 @pytest.mark.redis

@@ -121,7 +121,24 @@ class Result:
             "throughput": round(self.ratio("saga", "chain", lambda p: p.rate * p.steps), 3),
             "failure_path": round(self.ratio("saga_fail", "chain_fail", lambda p: p.latency), 3),
         }
+        # Each round's own ratios: how far a shared machine moved them between rounds.
+        out["saga_vs_chain_by_round"] = {
+            key: [round(value(r[name]) / value(r[base]), 3) for r in self.rounds]
+            for key, name, base, value in (
+                ("latency", "saga", "chain", _latency),
+                ("throughput", "saga", "chain", _rate),
+                ("failure_path", "saga_fail", "chain_fail", _latency),
+            )
+        }
         return out
+
+
+def _latency(p: Phase) -> float:
+    return p.latency
+
+
+def _rate(p: Phase) -> float:
+    return p.rate * p.steps
 
 
 def _cpu_of(role: str) -> Callable[[Phase], float]:
