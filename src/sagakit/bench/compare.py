@@ -7,9 +7,10 @@ in turn, for each contender:
 
 - latency: one unit at a time, from the call that submits it to the end of its last piece of
   work (the last task's own timestamp; the saga's ``finished_at``), median of the runs. The
-  bench waits as a watching client would, blocked on Redis: on the list the last task pushes
-  to, on the saga event stream for the saga's settling entry (polling the saga log only
-  where the stream is not on the broker's Redis);
+  bench first sleeps past the unit's expected end (`QUIET`), then waits as a watching
+  client would, blocked on Redis: on the list the last task pushes to, on the saga event
+  stream for the saga's settling entry (polling the saga log only where the stream is not
+  on the broker's Redis);
 - throughput: N units submitted at once, units per second until the last one ends (sagas
   polled every 0.2 s: cheaper than reading every entry of the stream);
 - CPU per unit, by process (this one, the worker and its pool, Redis, PostgreSQL's backends
@@ -45,6 +46,10 @@ from . import probe
 from .sagas import BENCH_QUEUE, DONE_KEY
 
 CONTENDERS = ("raw", "chain", "saga", "chain_fail", "saga_fail")
+QUIET = 1.5
+"""In a latency run, the bench sleeps this many times the contender's median so far before
+it waits (on the stream, for a saga): a chain's waiter wakes once, at its end, while a
+saga's would wake at every entry of the event stream and compete with the steps."""
 SETTLED = frozenset(SETTLED_STATUSES)
 LABELS = {
     "raw": "raw Celery task",
@@ -373,10 +378,13 @@ class Harness:
 
     def phase(self, name: str, steps: int, in_flight: int, runs: int, timeout: float) -> Phase:
         """One contender, one round: latency over `runs`, then throughput with N in flight."""
-        latencies = []
+        latencies: list[float] = []
         for _ in range(runs):
             since = self.stream_end()
             key, at = self.submit(name, steps)
+            # Out of the way while the unit runs: its end is its own timestamp, and a waiter
+            # woken by every stream entry would take the cores it runs on (`QUIET`).
+            time.sleep(QUIET * (statistics.median(latencies) if latencies else 0.05))
             ended = self.wait(name, {key: at}, timeout, poll=0.002, since=since)
             latencies.append(ended[key] - at)
         with self.measured() as spent:  # polled: reading every entry would cost more
