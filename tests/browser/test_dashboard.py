@@ -121,7 +121,7 @@ def test_the_list_shows_a_running_mission_appear_and_settle_live(
     page.goto(f"{stack.api}/")
     expect(page.locator("[data-live-indicator]")).to_be_visible()  # the stream is open
     page.evaluate("window.__sameDocument = true")
-    slow = {"slow": {"explore": 3}}
+    slow = {"slow": {"explore": 5}}
     saga_id = start(stack, "slam", {"robots": 2, "area": "live-list", "faults": slow})
     row = page.locator(f'tr[data-saga="{saga_id}"]')
     expect(row).to_have_attribute("data-status", "running")
@@ -227,6 +227,8 @@ def test_a_failed_saga_retried_from_the_attention_page_becomes_compensated(
     row.get_by_role("button", name="Retry", exact=True).click()
     expect(page.locator(".flash")).to_contain_text(f"retrying {saga_id}")
     page.goto(f"{stack.api}/sagas/{saga_id}")
+    # The log first (with the stack's logs if it does not get there), then what the page shows.
+    assert settle(stack, saga_id) == "compensated"
     expect(page.locator(".page-head .badge")).to_contain_text("compensated", timeout=30_000)
 
 

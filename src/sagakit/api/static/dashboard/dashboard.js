@@ -70,7 +70,18 @@
     var source = new EventSource(body.dataset.follow);
     var url = location.pathname;
     var timer = null;
-    var again = function () { refresh(body, url, function () { showLive(body, source.readyState !== 2); }); };
+    // An attempt a worker has taken shows as running from the workers' heartbeats, not from
+    // a transition: while one still shows as scheduled, look again each second.
+    var poke = function () {
+      if (!body.hasAttribute("data-follow")) return;
+      if (!body.querySelector('rect.bar[data-status="scheduled"]')) return;
+      clearTimeout(timer);
+      timer = setTimeout(again, 1000);
+    };
+    var again = function () {
+      refresh(body, url, function () { showLive(body, source.readyState !== 2); poke(); });
+    };
+    poke();
     source.addEventListener("open", function () { showLive(body, true); });
     source.addEventListener("transition", function () { clearTimeout(timer); timer = setTimeout(again, 120); });
     source.addEventListener("end", function () {
