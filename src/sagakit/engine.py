@@ -291,8 +291,12 @@ class Engine:
         unsealed = not decision.state.sources and any(messages[n].state is None for n in sealable)
         if not tx.write(decision, messages, rows, now=now, output=output, next_undo=unsealed):
             return None
-        if unsealed and tx.next_known:
-            messages = self._seal(messages, decision, tx.version + 1, tx.next_undo, now)
+        if unsealed:
+            # The write read the top among the instances it left alone: with those it
+            # wrote, that is the next to undo.
+            found = tx.unwritten_top
+            _, top = _top_after({found.name: found} if found else {}, _changed(decision))
+            messages = self._seal(messages, decision, tx.version + 1, top, now)
         return tx.state, decision, messages, rows
 
     def send(
@@ -499,7 +503,7 @@ class Engine:
 
 def _changed(decision: Decision) -> dict[str, StepState]:
     """The instances a decision writes, by name."""
-    return {st.name: st for st in (*decision.created, *decision.updated)}
+    return {st.name: st for st in decision.steps}
 
 
 def _sealable(

@@ -214,8 +214,7 @@ class _Sql:
             for message in (False, True)
         }
         self._composed: dict[tuple[Any, ...], str] = {}
-        self.inserts: dict[tuple[str, bool], str] = {}
-        """`doc_rows` by (table, guarded), built on first use (each table has one column list)."""
+        self._inserts: dict[tuple[str, bool], str] = {}
         # PostgreSQL: each write takes its rows as one JSON parameter (jsonb_populate_record),
         # so a transition's writes make one short statement with a handful of parameters,
         # which psycopg converts once and the server plans once.
@@ -297,6 +296,13 @@ class _Sql:
             f"INSERT INTO {table} ({listed}) SELECT {values} "
             f"FROM {source}(NULL::{table}, :doc) AS v" + (", ok" if guarded else "")
         )
+
+    def insert(self, table: str, columns: Sequence[str], *, guarded: bool) -> str:
+        """`doc_rows` of a table, built once (each table is written with one column list)."""
+        text = self._inserts.get((table, guarded))
+        if text is None:
+            text = self._inserts[table, guarded] = self.doc_rows(table, columns, guarded=guarded)
+        return text
 
     def raw_rows(self, table: str, columns: Sequence[str], n: int) -> str:
         """One INSERT of `n` rows, its parameters named ``<column>_<row>``."""
@@ -470,11 +476,7 @@ class SqlLog:
             return []
         if self.postgres:
             doc = self._jsonb([_document(r, columns) for r in rows])
-            text = self.sql.inserts.get((table, guarded))
-            if text is None:
-                text = self.sql.inserts[table, guarded] = self.sql.doc_rows(
-                    table, columns, guarded=guarded
-                )
+            text = self.sql.insert(table, columns, guarded=guarded)
             return [_Part(("rows", table, guarded), text, {"doc": doc})]
         batch = max(1, 30_000 // len(columns))
         parts = []
@@ -776,9 +778,9 @@ class Transition:
     state: SagaState
     version: int
     steps: dict[str, StepState] = field(default_factory=dict)
-    next_known: bool = False
-    """After a write asked for it: `next_undo` holds the next instance to undo."""
-    next_undo: StepState | None = None
+    unwritten_top: StepState | None = None
+    """After a write that asked for it (`next_undo`): the waiting instance of greatest
+    order among those the write left alone, as they were (None: there is none)."""
 
     def write(
         self,
@@ -793,8 +795,9 @@ class Transition:
         """Write what the decision changed; `output` is (instance, value) of a success.
 
         False when the saga changed since it was read (nothing is written then).
-        `next_undo`: also learn, in the same statement, which instance is next to undo
-        once the write is done (`self.next_undo`), when what was read cannot tell.
+        `next_undo`: also read, in the same statement, the waiting instance of greatest
+        order among those not written (`self.unwritten_top`), for when what was read cannot
+        tell which instance is next to undo once the write is done.
         """
         log, head = self.log, decision.state
         values = {
@@ -812,8 +815,7 @@ class Transition:
             parts = [_Part(("head",), log.sql.raw_head, params)]
         parts += log._step_parts(head.saga_id, decision, messages, output, now)
         parts += log._history_parts(entries)
-        written = {st.name: st for st in (*decision.created, *decision.updated)}
-        undo = _Undo(head.saga_id, tuple(written)) if next_undo else None
+        undo = _Undo(head.saga_id, tuple(st.name for st in decision.steps)) if next_undo else None
         if self.conn is not None:
             applied = log._execute(self.conn, parts, guarded=True, undo=undo)
             if not applied:
@@ -832,11 +834,7 @@ class Transition:
                     except _Unchanged:
                         applied = False
         if applied and undo is not None:
-            waiting = [st for st in written.values() if st.order is not None]
-            if undo.found is not None:
-                waiting.append(undo.found)
-            self.next_undo = max(waiting, key=lambda st: st.order or 0, default=None)
-            self.next_known = True
+            self.unwritten_top = undo.found
         return applied
 
 
