@@ -104,12 +104,10 @@ class Result:
         for name in CONTENDERS:
             steps = self.rounds[0][name].steps
             row: dict[str, Any] = {
-                "latency_ms": round(self.median(name, lambda p: p.latency) * 1000, 2),
-                "latency_per_hop": round(self.ratio(name, "raw", lambda p: p.latency), 2),
-                "steps_per_second": round(self.median(name, lambda p: p.rate * p.steps), 1),
-                "throughput_per_step_vs_raw": round(
-                    self.ratio(name, "raw", lambda p: p.rate * p.steps), 3
-                ),
+                "latency_ms": round(self.median(name, _latency) * 1000, 2),
+                "latency_per_hop": round(self.ratio(name, "raw", _latency), 2),
+                "steps_per_second": round(self.median(name, _rate), 1),
+                "throughput_per_step_vs_raw": round(self.ratio(name, "raw", _rate), 3),
                 "cpu_ms_per_unit": {
                     role: round(self.median(name, _cpu_of(role)) * 1000, 2)
                     for role in self.rounds[0][name].cpu
@@ -122,18 +120,13 @@ class Result:
             }
             out[name] = row
         out["saga_vs_chain"] = {
-            "latency": round(self.ratio("saga", "chain", lambda p: p.latency), 3),
-            "throughput": round(self.ratio("saga", "chain", lambda p: p.rate * p.steps), 3),
-            "failure_path": round(self.ratio("saga_fail", "chain_fail", lambda p: p.latency), 3),
+            key: round(self.ratio(name, base, value), 3)
+            for key, (name, base, value) in SAGA_VS_CHAIN.items()
         }
         # Each round's own ratios: how far a shared machine moved them between rounds.
         out["saga_vs_chain_by_round"] = {
             key: [round(value(r[name]) / value(r[base]), 3) for r in self.rounds]
-            for key, name, base, value in (
-                ("latency", "saga", "chain", _latency),
-                ("throughput", "saga", "chain", _rate),
-                ("failure_path", "saga_fail", "chain_fail", _latency),
-            )
+            for key, (name, base, value) in SAGA_VS_CHAIN.items()
         }
         return out
 
@@ -144,6 +137,14 @@ def _latency(p: Phase) -> float:
 
 def _rate(p: Phase) -> float:
     return p.rate * p.steps
+
+
+SAGA_VS_CHAIN: dict[str, tuple[str, str, Callable[[Phase], float]]] = {
+    "latency": ("saga", "chain", _latency),
+    "throughput": ("saga", "chain", _rate),
+    "failure_path": ("saga_fail", "chain_fail", _latency),
+}
+"""The report's headline ratios: (contender, its baseline, the value compared)."""
 
 
 def _cpu_of(role: str) -> Callable[[Phase], float]:
