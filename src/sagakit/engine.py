@@ -60,6 +60,16 @@ def new_saga_id() -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Carrier:
+    """A delivery that may run the next step where it is: an eager saga's (`Saga.eager`)
+    one due message goes to it instead of the broker when `takes` says it can run it."""
+
+    task_id: str
+    """The delivery's own task id: what the worker's heartbeat holds while it runs."""
+    takes: Callable[[OutboxMessage], bool]
+
+
+@dataclass(frozen=True, slots=True)
 class StartResult:
     """The saga a start request refers to; `created` is False for a repeated key."""
 
@@ -208,6 +218,38 @@ class Engine:
         `snapshot` is the saga as the worker read it before running the attempt: the
         outcome is applied to it unless the saga changed since.
         """
+        return self.advance(
+            kwargs,
+            task,
+            output=output,
+            error=error,
+            error_type=error_type,
+            traceback=traceback,
+            retryable=retryable,
+            timed_out=timed_out,
+            worker=worker,
+            started_at=started_at,
+            snapshot=snapshot,
+        )[0]
+
+    def advance(
+        self,
+        kwargs: StepKwargs,
+        task: str,
+        *,
+        output: Any = None,
+        error: BaseException | str | None = None,
+        error_type: str | None = None,
+        traceback: str | None = None,
+        retryable: bool = True,
+        timed_out: bool = False,
+        worker: str | None = None,
+        started_at: datetime | None = None,
+        snapshot: Snapshot | None = None,
+        carrier: Carrier | None = None,
+    ) -> tuple[Decision, OutboxMessage | None]:
+        """`finish`, and with `carrier`, hand back the next step of an eager saga to run
+        where it is instead of sending it: (the decision, that step's message or None)."""
         text = _error_text(error)
         step, number = kwargs["step"], kwargs["attempt"]
         event: Outcome
@@ -225,7 +267,7 @@ class Engine:
             event = CompensationSucceeded(step, number)
         undo_output = output if kwargs["direction"] == "compensation" else None
         attempt = Attempt(task, worker, started_at, traceback, undo_output)
-        return self.record(kwargs["saga_id"], event, attempt, snapshot)
+        return self._record(kwargs["saga_id"], event, attempt, snapshot, carrier)
 
     def record(
         self,
@@ -240,15 +282,25 @@ class Engine:
         With other attempts in flight (parallel branches), the saga would most likely have
         changed: the event goes under the lock at once, without a write bound to fail.
         """
+        return self._record(saga_id, event, attempt, snapshot)[0]
+
+    def _record(
+        self,
+        saga_id: str,
+        event: Event,
+        attempt: Attempt | None = None,
+        snapshot: Snapshot | None = None,
+        carrier: Carrier | None = None,
+    ) -> tuple[Decision, OutboxMessage | None]:
         now = self.clock()
         wanted = needs(event)
         applied = None
         if snapshot is not None and snapshot.covers(wanted) and snapshot.state.busy <= 1:
             # Nothing else was in flight: the saga most likely has not changed since.
-            applied = self._apply(self.log.on(snapshot), event, attempt, now)
+            applied = self._apply(self.log.on(snapshot), event, attempt, now, carrier)
         if applied is None:
             with self.log.transition(saga_id, wanted) as tx:
-                applied = self._apply(tx, event, attempt, now)
+                applied = self._apply(tx, event, attempt, now, carrier)
             assert applied is not None  # under the lock, a write always takes effect
         before, decision, messages, rows = applied
         if decision.ignored:
@@ -256,7 +308,7 @@ class Engine:
                 "outcome ignored: stale or duplicate",
                 extra={"saga_id": saga_id, "step": getattr(event, "step", "-")},
             )
-            return decision
+            return decision, None
         if before.status != decision.state.status:
             logger.info(
                 "saga %s",
@@ -264,10 +316,15 @@ class Engine:
                 extra={"saga_id": saga_id, "from": before.status.value},
             )
         self._after_commit(messages.values(), rows, now)
-        return decision
+        return decision, next((m for m in messages.values() if m.carrier is not None), None)
 
     def _apply(
-        self, tx: Transition, event: Event, attempt: Attempt | None, now: datetime
+        self,
+        tx: Transition,
+        event: Event,
+        attempt: Attempt | None,
+        now: datetime,
+        carrier: Carrier | None = None,
     ) -> tuple[SagaState, Decision, dict[str, OutboxMessage], list[Entry]] | None:
         """Decide on what `tx` read and write it; None if, read without the lock, the saga
         changed meanwhile (or the decision would be to ignore the event: the lock's fresh
@@ -286,6 +343,8 @@ class Engine:
             read=tx.steps,
             outputs=dict([output]) if output is not None else None,
         )
+        if carrier is not None and saga.eager:
+            messages = _carried(messages, carrier, now)
         rows = entries(tx.state, decision, event, list(messages.values()), now, attempt)
         sealable = _sealable(messages, _changed(decision), now)
         unsealed = not decision.state.sources and any(messages[n].state is None for n in sealable)
@@ -489,7 +548,7 @@ class Engine:
             kwargs["results"] = {n: v for n, v in stored.items() if n.split("[", 1)[0] in names}
 
     def _after_commit(self, messages: Any, rows: Sequence[Entry], now: datetime) -> None:
-        due = [m for m in messages if m.not_before <= now]
+        due = [m for m in messages if m.not_before <= now and m.carrier is None]
         if self.dispatcher is not None and self.dispatcher.publishes_events:
             self.send(due, rows, sent_at=now)  # one round trip for both
             return
@@ -499,6 +558,17 @@ class Engine:
                 self.events.publish(rows)
             except Exception as exc:  # best effort: the SQL log is the source of truth
                 logger.warning("event stream publish failed: %s", exc)
+
+
+def _carried(
+    messages: dict[str, OutboxMessage], carrier: Carrier, now: datetime
+) -> dict[str, OutboxMessage]:
+    """The messages, the one due given to `carrier` if it is the only one due (branches
+    in parallel go to the broker, to run in parallel) and the carrier can run it."""
+    due = [n for n, m in messages.items() if m.not_before <= now]
+    if len(due) == 1 and carrier.takes(messages[due[0]]):
+        messages[due[0]] = replace(messages[due[0]], carrier=carrier.task_id)
+    return messages
 
 
 def _changed(decision: Decision) -> dict[str, StepState]:

@@ -168,6 +168,9 @@ class OutboxMessage:
     kwargs, and `kwargs` travel in the STEP_HEADER instead."""
     trace: Mapping[str, str] | None = None
     """The trace context to send as headers (``traceparent``), with tracing on."""
+    carrier: str | None = None
+    """Not sent: the task id of the delivery that runs this attempt where it is (an eager
+    saga's next step, `runtime.eager`)."""
 
 
 class BadMessage(ValueError):

@@ -188,9 +188,19 @@ def attempts(
                 a.output = detail.get("output")
             elif status == "succeeded":
                 a.output = outputs.get(h.step)
+    # Run where their carrier is (an eager saga's next step): running as long as it is,
+    # since the write that handed them to it.
+    carried = {s.task_id: s for s in steps if s.carrier is not None}
     for a in found.values():
-        if a.status == "scheduled" and running and a.task_id in running:
+        if a.status != "scheduled" or not running:
+            continue
+        if a.task_id in running:
             a.worker, a.started_at = running[a.task_id]
+            a.status = "running"
+        elif a.task_id in carried and carried[a.task_id].carrier in running:
+            row = carried[a.task_id]
+            a.worker = running[str(row.carrier)][0]
+            a.started_at = row.sent_at
             a.status = "running"
     grouped: dict[tuple[str, str], list[AttemptView]] = {}
     for (step, direction, _), a in sorted(found.items(), key=lambda kv: kv[0][2]):

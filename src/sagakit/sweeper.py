@@ -181,7 +181,7 @@ class Sweeper:
         lost = recovery.sent_before(self.db, self._redrive, self.batch)
         if len(lost) < self.batch:
             self._redrive = None
-        count = recovery.unsend(self.db, [p for p in lost if p.task_id not in held])
+        count = recovery.unsend(self.db, [p for p in lost if not p.held_in(held)])
         if count:
             logger.warning(
                 "the broker lost queued messages (restarted, flushed, or an earlier "
@@ -194,7 +194,7 @@ class Sweeper:
         stale = [
             p
             for p in recovery.stale_sends(self.db, now, self.redrive_after, self.batch)
-            if p.task_id not in held
+            if not p.held_in(held)
         ]
         empty: dict[str, bool] = {}
         stranded = []
@@ -216,12 +216,15 @@ class Sweeper:
         """A worker died: time out what it ran, send again what it held unstarted."""
         unstarted = []
         count = 0
+        running = [h for h in held if h.started is not None]
         for h in held:
             if h.started is None:
                 parsed = parse_task_id(h.task_id)
                 if parsed is not None:
                     unstarted.append(h.task_id)
-                continue
+        # What those deliveries ran where they were (eager sagas) stopped with them.
+        running += [c.held for c in recovery.carried_by(self.db, [h.task_id for h in running])]
+        for h in running:
             count += self._expire(h, f"worker {worker} stopped", worker)
         if unstarted:
             count += self._unsend_ids(unstarted)
@@ -243,20 +246,38 @@ class Sweeper:
     def _time_out(self, alive: Sequence[recovery.WorkerRow], now: datetime) -> int:
         count = 0
         epoch = now.timestamp()
-        running = set()
+        running: dict[str, str] = {}
         for worker in alive:
             for h in worker.held:
                 if h.started is None:
                     continue
-                running.add(h.task_id)
+                running[h.task_id] = worker.name
                 if h.soft_limit is None or h.task_id in self._expired:
                     continue
                 if h.started + h.soft_limit + self.timeout_grace < epoch:
                     self._expired.add(h.task_id)
                     why = f"ran longer than its timeout of {h.soft_limit:g}s"
                     count += self._expire(h, why, worker.name)
-        self._expired &= running
+        carried = recovery.carried_by(self.db, running) if running else []
+        for c in carried:
+            limit = self._timeout_of(c)
+            started = c.held.started
+            if limit is None or started is None or c.held.task_id in self._expired:
+                continue
+            if started + limit + self.timeout_grace < epoch:
+                self._expired.add(c.held.task_id)
+                why = f"ran longer than its timeout of {limit:g}s"
+                count += self._expire(c.held, why, running[c.carrier])
+        self._expired &= set(running) | {c.held.task_id for c in carried}
         return count
+
+    def _timeout_of(self, carried: recovery.Carried) -> float | None:
+        """The timeout of a carried attempt's step, from its saga's definition."""
+        try:
+            saga = self.engine.definition(carried.saga_type, carried.definition_version)
+            return saga.step(carried.name).timeout
+        except Exception:  # a definition this process does not have: its workers time it
+            return None
 
     def _expire(self, held: Held, why: str, worker: str) -> int:
         value = held.task_id

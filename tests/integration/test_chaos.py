@@ -102,6 +102,46 @@ def test_a_pool_process_killed_mid_step_is_redelivered_and_recovers_at_once(
         )
 
 
+def test_a_worker_killed_running_a_carried_step_has_it_timed_out_and_retried(
+    client: Client, cluster: Cluster
+) -> None:
+    """An eager saga's b runs in the delivery of a: the dead worker's heartbeat held only
+    a's task id, and the sweeper finds b through its row."""
+    victim = cluster.start("-c", "1")
+    saga_id = client.start("eager", {"faults": {"b": ["slow_first:30"]}}).saga_id
+    wait_for(lambda: started(client, saga_id, "b"), 30, "b to start")
+    [b] = [s for s in client.system.queries.steps(saga_id) if s.state.name == "b"]
+    assert b.carrier is not None and b.carrier.endswith(".a.fwd.1")  # carried, not sent
+    cluster.kill(victim)
+    cluster.start("-c", "1")
+
+    record = client.wait(saga_id, timeout=60)
+    assert record.status == "completed", cluster.logs()
+    tried = [a for a in client.attempts(saga_id) if a.step == "b" and a.direction == "action"]
+    assert [(a.attempt, a.status) for a in tried] == [(1, "timed_out"), (2, "succeeded")]
+    assert tried[0].error == f"worker {tried[0].worker} stopped"
+
+
+def test_a_pool_process_killed_running_a_carried_step_runs_it_again_at_once(
+    client: Client, cluster: Cluster, tmp_path: Path
+) -> None:
+    """Celery requeues the carrier (a's message); its redelivery finds a over and sends
+    the attempt it carried, which runs again as attempt 1, before any timeout."""
+    worker = cluster.start("-c", "2")
+    pidfile = tmp_path / "b.pid"
+    saga_id = client.start("eager", {"faults": {"b": [f"hang_once:{pidfile}"]}}).saga_id
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "b to run"))
+    os.kill(pid, signal.SIGKILL)
+
+    record = client.wait(saga_id, timeout=TIMEOUT)
+    assert record.status == "completed", cluster.logs()
+    assert worker.poll() is None
+    tried = [a for a in client.attempts(saga_id) if a.step == "b" and a.direction == "action"]
+    assert [(a.attempt, a.status) for a in tried] == [(1, "succeeded")]
+    logs = "".join(log.read_text() for log in cluster.logdir.glob("*.log"))
+    assert "sending them again" in logs, cluster.logs()
+
+
 @pytest.mark.slow  # waits out a visibility timeout; the check it relies on is tested at once in
 # test_workers.py::test_a_late_redelivery_of_a_finished_attempt_runs_nothing
 def test_a_dead_workers_unacked_message_comes_back_after_the_visibility_timeout_and_is_dropped(

@@ -68,6 +68,19 @@ mapped = Saga("mapped", [step("a"), step("each", for_each="input.items"), step("
 noop = Saga("noop", [step(f"s{i}") for i in range(4)])
 hasty = Saga("hasty", [step("h", timeout=1.0), step("d")])
 """Its first step has a one-second timeout: ``slow_first:3`` makes attempt 1 overrun it."""
+eager = Saga("eager", [step("a"), step("b"), step("c"), step("d")], eager=True)
+"""Each step runs in the worker that finished the one before."""
+eager_hasty = Saga("eager_hasty", [step("a"), step("h", timeout=1.0), step("d")], eager=True)
+"""``h`` runs where ``a`` finished, with a one-second timeout the sweeper keeps."""
+eager_fanout = Saga(
+    "eager_fanout",
+    [
+        step("a"),
+        Parallel("group", [step("b1"), step("b2")]),
+        step("c"),
+    ],
+    eager=True,
+)
 
 
 def _directives(ctx: StepContext) -> list[str]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from celery.signals import task_prerun
 
 from sagakit import Settings, System
 from sagakit.logs import TEXT_FORMAT, ContextFilter
@@ -58,3 +61,71 @@ def test_log_lines_about_a_saga_carry_saga_step_and_attempt(system: System) -> N
     assert any(f"[{saga_id} b #2] performing action" in line for line in lines), lines
     raised = [line for line in lines if "raised unexpected" in line]
     assert raised and f"[{saga_id} b #1]" in raised[0], lines
+
+
+@pytest.fixture
+def deliveries() -> Iterator[list[str]]:
+    """The names of the step tasks Celery delivered, in order."""
+    seen: list[str] = []
+
+    def count(sender: Any = None, **_: Any) -> None:
+        seen.append(sender.name)
+
+    task_prerun.connect(count, weak=False)
+    yield seen
+    task_prerun.disconnect(count)
+
+
+def test_an_eager_saga_runs_a_run_of_steps_on_one_delivery(
+    system: System, deliveries: list[str]
+) -> None:
+    client = Client(system)
+    done = client.start("eager", {}).saga_id
+    assert client.wait(done, 30).status == "completed"
+    assert steps_with(client, done, "step_completed") == ["a", "b", "c", "d"]
+    # a's message runs them all, each recorded as its own attempt.
+    assert deliveries == ["work.a"]
+    tried = client.attempts(done)
+    assert len(tried) == 4 and all(a.status == "succeeded" and a.worker for a in tried)
+    rows = {s.state.name: s for s in system.queries.steps(done)}
+    assert rows["b"].carrier == rows["c"].carrier == rows["d"].carrier == rows["a"].task_id
+    assert rows["a"].carrier is None
+
+
+def test_the_sweeper_times_out_a_carried_attempt_that_overruns(sqlite_url: str) -> None:
+    settings = Settings(
+        database_url=sqlite_url,
+        imports=["tests.support.workload"],
+        sweep_interval=0.2,
+        timeout_grace=0.5,
+    )
+    with System(settings) as running:
+        running.start_embedded()
+        client = Client(running)
+        saga_id = client.start("eager_hasty", {"faults": {"h": ["slow_first:4"]}}).saga_id
+        assert client.wait(saga_id, 30).status == "completed"
+        tried = {(a.step, a.attempt): a for a in client.attempts(saga_id)}
+    # Attempt 1 ran where a finished, past its 1 s; the sweeper ended it, attempt 2 ran.
+    assert tried["h", 1].status == "timed_out"
+    assert tried["h", 2].status == "succeeded"
+
+
+def test_an_eager_saga_compensates_on_the_delivery_that_failed(
+    system: System, deliveries: list[str]
+) -> None:
+    client = Client(system)
+    failed = client.start("eager", {"faults": {"c": ["fail"]}}).saga_id
+    assert client.wait(failed, 30).status == "compensated"
+    assert assert_compensated_in_reverse(client, failed) == ["b", "a"]
+    assert deliveries == ["work.a"]
+
+
+def test_an_eager_saga_sends_parallel_branches_to_the_broker(
+    system: System, deliveries: list[str]
+) -> None:
+    client = Client(system)
+    done = client.start("eager_fanout", {}).saga_id
+    assert client.wait(done, 30).status == "completed"
+    # The branches go out as messages, to run in parallel; the one that finishes last
+    # runs c where it is.
+    assert sorted(deliveries) == ["work.a", "work.b1", "work.b2"]

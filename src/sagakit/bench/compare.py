@@ -45,18 +45,28 @@ from ..settings import Settings
 from . import probe
 from .sagas import BENCH_QUEUE, DONE_KEY
 
-CONTENDERS = ("raw", "chain", "saga", "chain_fail", "saga_fail")
+CONTENDERS = ("raw", "chain", "saga", "eager", "chain_fail", "saga_fail", "eager_fail")
 QUIET = 1.5
 """In a latency run, the bench sleeps this many times the contender's median so far before
 it waits (on the stream, for a saga): a chain's waiter wakes once, at its end, while a
 saga's would wake at every entry of the event stream and compete with the steps."""
+SAGAS = {
+    "saga": "bench_{m}",
+    "eager": "bench_eager_{m}",
+    "saga_fail": "bench_fail_{m}",
+    "eager_fail": "bench_eager_fail_{m}",
+}
+"""The saga type each saga contender starts (`bench.sagas`); an eager saga runs each next
+step in the worker that finished the one before (`runtime.eager`)."""
 SETTLED = frozenset(SETTLED_STATUSES)
 LABELS = {
     "raw": "raw Celery task",
     "chain": "Celery chain of {m}",
     "saga": "sagakit saga of {m}",
+    "eager": "eager sagakit saga of {m}",
     "chain_fail": "chain of {m}, fails at {m1}",
     "saga_fail": "saga of {m}, fails at {m1}",
+    "eager_fail": "eager saga of {m}, fails at {m1}",
 }
 
 
@@ -128,6 +138,14 @@ class Result:
             key: [round(value(r[name]) / value(r[base]), 3) for r in self.rounds]
             for key, (name, base, value) in SAGA_VS_CHAIN.items()
         }
+        out["eager_vs_chain"] = {
+            key: round(self.ratio(name, base, value), 3)
+            for key, (name, base, value) in EAGER_VS_CHAIN.items()
+        }
+        out["eager_vs_chain_by_round"] = {
+            key: [round(value(r[name]) / value(r[base]), 3) for r in self.rounds]
+            for key, (name, base, value) in EAGER_VS_CHAIN.items()
+        }
         return out
 
 
@@ -145,6 +163,12 @@ SAGA_VS_CHAIN: dict[str, tuple[str, str, Callable[[Phase], float]]] = {
     "failure_path": ("saga_fail", "chain_fail", _latency),
 }
 """The report's headline ratios: (contender, its baseline, the value compared)."""
+EAGER_VS_CHAIN = {
+    "latency": ("eager", "chain", _latency),
+    "throughput": ("eager", "chain", _rate),
+    "failure_path": ("eager_fail", "chain_fail", _latency),
+}
+"""The same ratios for a saga defined ``eager=True``."""
 
 
 def _cpu_of(role: str) -> Callable[[Phase], float]:
@@ -239,8 +263,8 @@ class Harness:
     def submit(self, name: str, steps: int) -> tuple[str, float]:
         """Submit one unit; (its key, the epoch second before the submitting call)."""
         at = time.time()
-        if name in ("saga", "saga_fail"):
-            saga_type = f"bench_{steps}" if name == "saga" else f"bench_fail_{steps}"
+        if name in SAGAS:
+            saga_type = SAGAS[name].format(m=steps)
             return self.system.engine.start(saga_type, {}).saga_id, at
         marker = uuid.uuid4().hex
         from celery import chain
@@ -334,7 +358,7 @@ class Harness:
     ) -> dict[str, float]:
         """Wait for every unit; epoch seconds at which each ended. `since`: the event
         stream's last entry before the units were submitted."""
-        if name.startswith("saga"):
+        if name in SAGAS:
             return self._settled(set(submitted), timeout, poll, since)
         return self._done(set(submitted), timeout)
 

@@ -56,24 +56,30 @@ def _step(name: str, action: str = "sagakit.bench.noop") -> Step:
     )
 
 
-def _linear(steps: int) -> Saga:
+def _linear(steps: int, *, eager: bool = False) -> Saga:
     return Saga(
-        f"bench_{steps}",
+        f"bench_eager_{steps}" if eager else f"bench_{steps}",
         [_step(f"s{i}") for i in range(1, steps + 1)],
-        description=f"{steps} no-op steps",
+        description=f"{steps} no-op steps" + (", eager" if eager else ""),
+        eager=eager,
     )
 
 
-def _failing(steps: int) -> Saga:
+def _failing(steps: int, *, eager: bool = False) -> Saga:
     """M steps where step M-1 fails: M-2 compensations run, in reverse order."""
     stages = [_step(f"s{i}") for i in range(1, steps - 1)]
     stages.append(_step(f"s{steps - 1}", "sagakit.bench.fail"))
     stages.append(_step(f"s{steps}"))
-    return Saga(f"bench_fail_{steps}", stages, description=f"{steps} steps, step {steps - 1} fails")
+    return Saga(
+        f"bench_eager_fail_{steps}" if eager else f"bench_fail_{steps}",
+        stages,
+        description=f"{steps} steps, step {steps - 1} fails" + (", eager" if eager else ""),
+        eager=eager,
+    )
 
 
-BENCH_SAGAS = [_linear(m) for m in range(1, MAX_STEPS + 1)]
-BENCH_SAGAS += [_failing(m) for m in range(3, MAX_STEPS + 1)]
+BENCH_SAGAS = [_linear(m, eager=e) for m in range(1, MAX_STEPS + 1) for e in (False, True)]
+BENCH_SAGAS += [_failing(m, eager=e) for m in range(3, MAX_STEPS + 1) for e in (False, True)]
 BENCH_SAGAS.append(
     Saga(
         "bench_fan",

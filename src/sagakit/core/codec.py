@@ -39,8 +39,18 @@ STEP_COLUMNS = (
 )
 """Columns of a step row that hold the instance's state."""
 
-MESSAGE_COLUMNS = ("task_id", "task_name", "queue", "not_before", "sent_at", "send_count")
-"""Columns of a step row that hold its current attempt's message (the outbox)."""
+MESSAGE_COLUMNS = (
+    "task_id",
+    "task_name",
+    "queue",
+    "not_before",
+    "sent_at",
+    "send_count",
+    "carrier",
+)
+"""Columns of a step row that hold its current attempt's message (the outbox); `carrier`:
+the task id of the delivery that runs the attempt in place of its own message (an eager
+saga's next step, `runtime.eager`)."""
 
 HISTORY_COLUMNS = (
     "saga_id",

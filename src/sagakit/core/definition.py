@@ -175,6 +175,10 @@ class Saga:
     description: str = ""
     input_model: Any = None
     """Optional input validator: a pydantic model class (anything with `model_validate`)."""
+    eager: bool = False
+    """Run each next step in the worker that just finished the one before, when that
+    worker can (`runtime.eager`): one Celery message for a run of steps instead of one per
+    step. Off by default: then every step is a Celery task of its own."""
     for_each_paths: tuple[str, ...] = field(init=False, repr=False, compare=False)
     """Every ``for_each`` path of the definition, once each."""
     _by_name: dict[str, tuple[int, Step]] = field(init=False, repr=False, compare=False)
@@ -189,6 +193,7 @@ class Saga:
         timeout: float | None = None,
         description: str = "",
         input_model: Any = None,
+        eager: bool = False,
     ) -> None:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "steps", tuple(steps))
@@ -196,6 +201,7 @@ class Saga:
         object.__setattr__(self, "timeout", timeout)
         object.__setattr__(self, "description", description)
         object.__setattr__(self, "input_model", input_model)
+        object.__setattr__(self, "eager", eager)
         _validate(self)
         by_name = {step.name: (i, step) for i, step in enumerate(self.all_steps(), start=1)}
         last_use: dict[str, int] = {}
@@ -250,6 +256,7 @@ class Saga:
             timeout=self.timeout,
             description=self.description,
             input_model=self.input_model,
+            eager=self.eager,
         )
 
 

@@ -35,6 +35,7 @@ from ..messages import (
     SIGNATURE_HEADER,
     STATE_HEADER,
     BadMessage,
+    OutboxMessage,
     StepKwargs,
     decode,
     parse_task_id,
@@ -44,9 +45,11 @@ from ..messages import (
 from ..store.log import Snapshot
 from .app import engine_for, message_key, tracing_for
 from .context import LazyInput, LazyResults, StepContext, Unreachable
+from .eager import carrier_for, resume
 from .outcomes import Outcome, failure, or_requeue, record, report_outcome
 
 if TYPE_CHECKING:
+    from ..engine import Carrier
     from ..tracing.spans import AttemptSpan, Tracing
 
 logger = logging.getLogger(__name__)
@@ -163,6 +166,8 @@ def execute(
                 logger.info("delivery ignored: it is not current", extra={"task_id": task_id})
                 if span is not None:
                     span.ignored("it is not current")
+                if _redelivered(task.request):
+                    resume(engine, task_id)
                 return
             snapshot, small_input, item = (
                 check.snapshot,
@@ -171,44 +176,128 @@ def execute(
             )
         if not deployed(engine, snapshot):
             return
-        context = StepContext(
-            saga_id=saga_id,
-            saga_type=message["saga_type"],
-            step=step,
-            attempt=message["attempt"],
-            direction=message["direction"],
-            input=message.get("input") or small_input or LazyInput(lambda: log.input(saga_id)),
-            results=message.get("results")
-            or LazyResults(lambda name: log.output(saga_id, name), lambda: log.outputs(saga_id)),
-            item=item,
-            task_id=task_id,
+        saga = engine.definition(snapshot.state.saga_type, snapshot.state.definition_version)
+        carrier = carrier_for(task, engine, _FUNCTIONS) if saga.eager else None
+        kept, raised = _attempt(
+            task, fn, engine, message, task_id, snapshot, worker, span, carrier, small_input, item
         )
-        started = _now()
+    if kept is not None and carrier is not None:
+        _run_here(task, engine, carrier, kept, worker)
+    if raised is not None:
+        raise raised
 
-        def write(outcome: Outcome) -> object:
-            return engine.finish(
-                message, task_id, worker=worker, started_at=started, snapshot=snapshot, **outcome
+
+def _attempt(
+    task: Any,
+    fn: StepFunction,
+    engine: Any,
+    message: StepKwargs,
+    task_id: str,
+    snapshot: Snapshot,
+    worker: str,
+    span: AttemptSpan | None = None,
+    carrier: Carrier | None = None,
+    small_input: dict[str, Any] | None = None,
+    item: Any = None,
+) -> tuple[OutboxMessage | None, BaseException | None]:
+    """Run one attempt and record its outcome: (the next step's message when the carrier
+    is to run it here, the exception for Celery to see: Ignore for an expected failure)."""
+    log = engine.log
+    saga_id, step = message["saga_id"], message["step"]
+    context = StepContext(
+        saga_id=saga_id,
+        saga_type=message["saga_type"],
+        step=step,
+        attempt=message["attempt"],
+        direction=message["direction"],
+        input=message.get("input") or small_input or LazyInput(lambda: log.input(saga_id)),
+        results=message.get("results")
+        or LazyResults(lambda name: log.output(saga_id, name), lambda: log.outputs(saga_id)),
+        item=item,
+        task_id=task_id,
+    )
+    started = _now()
+    kept: list[OutboxMessage] = []
+
+    def write(outcome: Outcome) -> object:
+        decision, here = engine.advance(
+            message,
+            task_id,
+            worker=worker,
+            started_at=started,
+            snapshot=snapshot,
+            carrier=carrier,
+            **outcome,
+        )
+        kept[:] = [here] if here is not None else []
+        return decision
+
+    def finish(outcome: Outcome) -> OutboxMessage | None:
+        if span is not None:
+            span.outcome(outcome)
+        record(task, write, message, task_id, outcome, worker=worker, started_at=started)
+        return kept[0] if kept else None
+
+    try:
+        output = jsonable(fn(context))
+    except SoftTimeLimitExceeded:
+        here = finish({"timed_out": True})
+        logger.warning("attempt timed out")
+        return here, Ignore()
+    except EXPECTED as exc:
+        here = finish(failure(exc, retryable=not isinstance(exc, NonRetryableError)))
+        logger.warning("step failed: %s: %s", type(exc).__name__, exc)
+        return here, Ignore()
+    except Exception as exc:
+        here = finish(failure(exc, traceback=traceback.format_exc()))
+        return here, exc
+    return finish({"output": output}), None
+
+
+def _run_here(
+    task: Any, engine: Any, carrier: Carrier, message: OutboxMessage, worker: str
+) -> None:
+    """Run the steps an eager saga hands to this delivery, one after the other, each with
+    its outcome recorded as if its own message had brought it (`runtime.eager`)."""
+    key = engine.log.state_key()
+    next_message: OutboxMessage | None = message
+    while next_message is not None:
+        m, next_message = next_message, None
+        kwargs = m.kwargs
+        with saga_context(kwargs["saga_id"], step=kwargs["step"], attempt=kwargs["attempt"]):
+            state = unseal(key, m.task_id, kwargs, m.state)
+            snapshot = None
+            if state is not None:
+                snapshot = Snapshot.carried(
+                    state, kwargs["saga_id"], kwargs["step"], kwargs["direction"], kwargs["attempt"]
+                )
+            if snapshot is None:
+                check = engine.log.check(
+                    kwargs["saga_id"], kwargs["step"], kwargs["direction"], kwargs["attempt"]
+                )
+                if check is None or not check.current:
+                    continue
+                snapshot = check.snapshot
+            fn = _FUNCTIONS[m.task_name]
+            next_message, raised = _attempt(
+                task,
+                fn,
+                engine,
+                kwargs,
+                m.task_id,
+                snapshot,
+                worker,
+                None,
+                carrier,
+                None,
+                kwargs.get("item"),
             )
-
-        def finish(outcome: Outcome) -> None:
-            if span is not None:
-                span.outcome(outcome)
-            record(task, write, message, task_id, outcome, worker=worker, started_at=started)
-
-        try:
-            output = jsonable(fn(context))
-        except SoftTimeLimitExceeded:
-            finish({"timed_out": True})
-            logger.warning("attempt timed out")
-            raise Ignore() from None
-        except EXPECTED as exc:
-            finish(failure(exc, retryable=not isinstance(exc, NonRetryableError)))
-            logger.warning("step failed: %s: %s", type(exc).__name__, exc)
-            raise Ignore() from None
-        except Exception as exc:
-            finish(failure(exc, traceback=traceback.format_exc()))
-            raise
-        finish({"output": output})
+            if raised is not None and not isinstance(raised, Ignore):
+                logger.error(
+                    "step %s raised an unexpected error",
+                    m.task_name,
+                    exc_info=(type(raised), raised, raised.__traceback__),
+                )
 
 
 def deployed(engine: Any, snapshot: Snapshot) -> bool:

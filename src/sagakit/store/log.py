@@ -872,6 +872,7 @@ def _message_row(message: OutboxMessage, now: datetime) -> dict[str, Any]:
         "not_before": message.not_before,
         "sent_at": now if due else None,
         "send_count": 1 if due else 0,
+        "carrier": message.carrier,
     }
 
 

@@ -79,6 +79,8 @@ class StepRecord:
     not_before: datetime
     sent_at: datetime | None
     send_count: int
+    carrier: str | None = None
+    """The delivery running this attempt where it is (an eager saga's next step)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +218,7 @@ def steps(db: Connections, saga_id: str) -> list[StepRecord]:
             r["not_before"],
             r["sent_at"],
             r["send_count"],
+            r["carrier"],
         )
         for r in sorted(rows, key=lambda r: (r["stage"], r["step"], r["idx"] or 0))
     ]

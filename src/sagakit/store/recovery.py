@@ -70,6 +70,13 @@ class Pending:
     not_before: datetime
     definition_version: int = 1
     """The version of its saga's definition (the one that builds the message)."""
+    carrier: str | None = None
+    """The delivery running the attempt where it is, if any (an eager saga's next step)."""
+
+    def held_in(self, held: Collection[str]) -> bool:
+        """Whether a live worker holds this attempt: its own message, or the delivery
+        that runs it (`carrier`)."""
+        return self.task_id in held or (self.carrier is not None and self.carrier in held)
 
 
 def _encode(held: Iterable[Held]) -> list[list[Any]]:
@@ -147,6 +154,7 @@ def _pending(rows: Sequence[Any]) -> list[Pending]:
             r.queue,
             r.not_before,
             getattr(r, "definition_version", 1),
+            getattr(r, "carrier", None),
         )
         for r in rows
     ]
@@ -168,6 +176,7 @@ def _pending_select() -> Any:
             st.queue,
             st.not_before,
             s.definition_version,
+            st.carrier,
         )
         .select_from(t.steps.join(t.sagas, s.saga_id == st.saga_id))
         .where(
@@ -201,7 +210,7 @@ def take_due(
             conn.execute(
                 t.steps.update()
                 .where(sa.tuple_(st.saga_id, st.name, st.task_id).in_(keys))
-                .values(sent_at=now, send_count=st.send_count + 1)
+                .values(sent_at=now, send_count=st.send_count + 1, carrier=None)
             )
     return _pending(rows)
 
@@ -272,10 +281,64 @@ def unsend(db: sa.Engine, messages: Iterable[Pending]) -> int:
                     st.task_id == p.task_id,
                     st.status.in_(BUSY_STATUSES),
                 )
-                .values(sent_at=None)
+                .values(sent_at=None, carrier=None)
             )
             count += result.rowcount
     return count
+
+
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """An attempt in flight that a delivery runs where it is (an eager saga's step)."""
+
+    held: Held
+    """The attempt, running since its row was written (when its carrier took it)."""
+    saga_type: str
+    definition_version: int
+    name: str
+    carrier: str
+
+
+def carried_by(db: sa.Engine, carriers: Collection[str]) -> list[Carried]:
+    """The attempts in flight that the deliveries `carriers` run where they are."""
+    if not carriers:
+        return []
+    st, s = t.steps.c, t.sagas.c
+    with db.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                st.task_id, st.sent_at, st.name, st.carrier, s.saga_type, s.definition_version
+            )
+            .select_from(t.steps.join(t.sagas, s.saga_id == st.saga_id))
+            .where(
+                st.carrier.is_not(None),
+                st.carrier.in_(sorted(carriers)),
+                st.status.in_(BUSY_STATUSES),
+            )
+        ).all()
+    return [
+        Carried(
+            Held(r.task_id, r.sent_at.timestamp() if r.sent_at else None),
+            r.saga_type,
+            r.definition_version,
+            r.name,
+            r.carrier,
+        )
+        for r in rows
+    ]
+
+
+def release_carried(db: sa.Engine, carrier: str) -> int:
+    """Mark unsent (the next sweep sends them) the attempts in flight that the delivery
+    `carrier` ran where it was: it was lost running them."""
+    st = t.steps.c
+    with db.begin() as conn:
+        result = conn.execute(
+            t.steps.update()
+            .where(st.carrier.is_not(None), st.carrier == carrier, st.status.in_(BUSY_STATUSES))
+            .values(sent_at=None, carrier=None)
+        )
+    return int(result.rowcount)
 
 
 def overdue_sagas(db: sa.Engine, now: datetime, limit: int) -> list[str]:
@@ -341,7 +404,9 @@ def outbox(db: sa.Engine, now: datetime) -> Outbox:
             .where(t.sagas.c.choreographed.is_(False))  # no worker ever holds those
         )
         if held:
-            unclaimed = unclaimed.where(st.task_id.not_in(held))
+            unclaimed = unclaimed.where(
+                st.task_id.not_in(held), sa.or_(st.carrier.is_(None), st.carrier.not_in(held))
+            )
         sent = conn.execute(unclaimed.order_by(st.sent_at).limit(1)).scalar()
     return Outbox(int(unsent), int(busy), _age(now, oldest), _age(now, sent))
 

@@ -131,6 +131,9 @@ steps = sa.Table(
     sa.Column("not_before", UTCDateTime, nullable=False),
     sa.Column("sent_at", UTCDateTime),
     sa.Column("send_count", sa.Integer, nullable=False),
+    # The delivery that runs this attempt where it is (an eager saga's next step): held
+    # while that delivery's task is.
+    sa.Column("carrier", sa.String(200)),
     sa.Index(
         "ix_sagakit_steps_undo",
         "saga_id",
@@ -149,6 +152,14 @@ steps = sa.Table(
         "sent_at",
         sqlite_where=sa.text(BUSY),
         postgresql_where=sa.text(BUSY),
+    ),
+    # The attempts a delivery runs where it is (eager sagas), for the sweeper to time out
+    # or take over with it: only those in flight.
+    sa.Index(
+        "ix_sagakit_steps_carried",
+        "carrier",
+        sqlite_where=sa.text(f"carrier IS NOT NULL AND {BUSY}"),
+        postgresql_where=sa.text(f"carrier IS NOT NULL AND {BUSY}"),
     ),
     postgresql_with={"fillfactor": 80},
 )
