@@ -58,8 +58,13 @@ def test_compare_runs_every_contender_and_reports_ratios(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
-    for contender in ("raw", "chain", "saga", "chain_fail", "saga_fail"):
+    for contender in ("raw", "chain", "saga", "eager", "chain_fail", "saga_fail", "eager_fail"):
         assert result[contender]["steps_per_second"] > 0, contender
+    # An eager saga's run of steps rides on one message: fewer Redis commands per step.
+    assert (
+        result["eager"]["per_step"]["redis_commands"] < result["saga"]["per_step"]["redis_commands"]
+    )
+    assert set(result["eager_vs_chain"]) == set(result["saga_vs_chain"])
     # A saga step is about one durable write: the counts come from every process of the run.
     assert 1.0 <= result["saga"]["per_step"]["sql_transactions"] < 2.0
     assert set(result["saga_vs_chain"]) == {"latency", "throughput", "failure_path"}
@@ -67,6 +72,31 @@ def test_compare_runs_every_contender_and_reports_ratios(
     assert all(len(by_round[key]) == result["rounds"] for key in result["saga_vs_chain"])
     latency = by_round["latency"]
     assert min(latency) <= result["saga_vs_chain"]["latency"] <= max(latency)
+
+
+@pytest.mark.redis
+def test_a_burst_on_a_configured_broker_runs_its_own_worker(
+    pg_databases: Callable[[], str], redis_url: str, tmp_path: Path
+) -> None:
+    """No worker of the deployment has the bench's sagas: the bench starts one."""
+    env = {
+        **os.environ,
+        "SAGAKIT_DATABASE_URL": pg_databases(),
+        "SAGAKIT_BROKER_URL": redis_url,
+        "SAGAKIT_REDIS_URL": redis_url,
+    }
+    done = subprocess.run(
+        [SAGAKIT, "bench", "-n", "5", "-m", "2", "--json", "--timeout", "60"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert (result["completed"], result["broker"]) == (5, "configured"), result
 
 
 @pytest.mark.redis

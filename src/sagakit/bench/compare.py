@@ -185,8 +185,9 @@ class Harness:
     def __init__(self, settings: Settings, *, concurrency: int = 2, logdir: Path | None = None):
         if not settings.broker_url.startswith(("redis://", "rediss://")):
             raise BenchError(
-                "sagakit bench --compare runs on a Redis broker: set SAGAKIT_BROKER_URL "
-                "(and SAGAKIT_DATABASE_URL, PostgreSQL for numbers that mean something)"
+                "sagakit bench runs its own worker on a Redis broker (or the embedded one): "
+                "set SAGAKIT_BROKER_URL to redis://... (and SAGAKIT_DATABASE_URL, PostgreSQL "
+                "for numbers that mean something)"
             )
         self.settings = settings
         self.concurrency = concurrency

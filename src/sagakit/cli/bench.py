@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
 
             if not as_json:
                 render.console(stderr=True).print("orchestrated burst, then choreographed")
-            orchestrated = _burst(sagas, steps, timeout)
+            orchestrated = _burst(sagas, steps, timeout, concurrency)
             other = choreographed_burst(
                 load_settings(), sagas, steps, concurrency=concurrency, timeout=timeout
             )
@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
                 "unfinished": orchestrated["unfinished"] + other["unfinished"],
             }
         else:
-            result = _burst(sagas, steps, timeout)
+            result = _burst(sagas, steps, timeout, concurrency)
         if as_json:
             typer.echo(json.dumps(result))
         else:
@@ -153,18 +153,33 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
 
-def _burst(sagas: int, steps: int, timeout: float) -> dict[str, Any]:
-    """Start N sagas at once, wait for all; latency percentiles and sagas/s."""
+def _burst(sagas: int, steps: int, timeout: float, concurrency: int = 2) -> dict[str, Any]:
+    """Start N sagas at once, wait for all; latency percentiles and sagas/s.
+
+    On the embedded default the in-process worker runs them; on a configured broker a
+    bench worker subprocess does (`bench.compare.Harness`): no other worker has the bench's
+    sagas."""
     from ..bench.burst import settle, summary
+    from ..settings import load_settings
     from .sagas import open_system
 
+    settings = load_settings()
     with ExitStack() as stack:
-        system = open_system(stack, worker=True, imports=["sagakit.bench.sagas"])
+        if settings.embedded:
+            system = open_system(stack, worker=True, imports=["sagakit.bench.sagas"])
+        else:
+            from ..bench.compare import Harness
+
+            harness = Harness(settings, concurrency=concurrency)
+            stack.callback(harness.system.close)
+            stack.callback(harness.stop_worker)
+            harness.start_worker()
+            system = harness.system
         engine, queries = system.engine, system.queries
         began = time.monotonic()
         ids = [engine.start(f"bench_{steps}", {}).saga_id for _ in range(sagas)]
         started = time.monotonic() - began
         records, left = settle(queries, ids, timeout)
     result = summary(records, sagas, steps, started, left)
-    result["broker"] = "embedded" if system.settings.embedded else "configured"
+    result["broker"] = "embedded" if settings.embedded else "configured"
     return result
