@@ -124,15 +124,7 @@ def entries(
         # What the decision sent, kept with the event that caused it (one entry per
         # transition): each attempt's schedule, and with `delay` its backoff.
         detail["scheduled"] = [
-            {
-                "step": command.step,
-                "direction": command.direction,
-                "attempt": command.attempt,
-                "task_id": message.task_id,
-                "task": command.task,
-                "queue": command.queue,
-                "delay": round(command.delay, 3),
-            }
+            _scheduled(command, message)
             for command, message in zip(decision.commands, messages, strict=True)
         ]
     step, number = _subject(event)
@@ -253,3 +245,20 @@ def event_of(
     if name == "step_compensated":
         return CompensationSucceeded(step, attempt)
     return CompensationFailed(step, attempt, str(detail.get("error", "")))
+
+
+def _scheduled(command: Any, message: OutboxMessage) -> dict[str, Any]:
+    """What the history keeps of one attempt scheduled: with ``carrier``, the delivery
+    that ran it where it was (an eager saga) instead of a message of its own."""
+    sent = {
+        "step": command.step,
+        "direction": command.direction,
+        "attempt": command.attempt,
+        "task_id": message.task_id,
+        "task": command.task,
+        "queue": command.queue,
+        "delay": round(command.delay, 3),
+    }
+    if message.carrier is not None:
+        sent["carrier"] = message.carrier
+    return sent

@@ -126,6 +126,8 @@ class AttemptView:
     output: Any = None
     error: str | None = None
     traceback: str | None = None
+    carried_by: str | None = None
+    """The task id of the delivery that ran this attempt where it was (an eager saga)."""
 
     def view(self) -> dict[str, Any]:
         return {
@@ -144,6 +146,7 @@ class AttemptView:
             "output": self.output,
             "error": self.error,
             "traceback": self.traceback,
+            "carried_by": self.carried_by,
         }
 
 
@@ -223,6 +226,7 @@ def _scheduled(
     a.queue = str(sent.get("queue", ""))
     a.scheduled_at = at
     a.not_before = at + timedelta(seconds=float(sent.get("delay") or 0))
+    a.carried_by = str(sent["carrier"]) if sent.get("carrier") else None
 
 
 def saga_view(

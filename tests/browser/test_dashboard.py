@@ -20,7 +20,7 @@ from tests.support.stack import Stack, start_stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 TOKEN = "dashboard-browser-token"
-QUEUES = ["robots", "planning", "exploration", "mapping", "hostile", "sagakit"]
+QUEUES = ["robots", "planning", "exploration", "mapping", "hostile", "work", "sagakit"]
 SETTLED = ("completed", "compensated", "failed")
 
 
@@ -35,7 +35,7 @@ def stack(
         "SAGAKIT_DATABASE_URL": pg_url,
         "SAGAKIT_BROKER_URL": redis_url,
         "SAGAKIT_REDIS_URL": redis_url,
-        "SAGAKIT_IMPORTS": "sagakit_examples.slam,tests.support.hostile",
+        "SAGAKIT_IMPORTS": "sagakit_examples.slam,tests.support.hostile,tests.support.workload",
         "SAGAKIT_API_TOKEN": TOKEN,
         "SAGAKIT_FLOWER_PASSWORD": "flower-pass",
         "SAGAKIT_SWEEP_INTERVAL": "0.3",
@@ -212,6 +212,37 @@ def test_compensations_sit_on_their_steps_lanes_in_reverse_completion_order(
     expect(flower.locator("body")).to_contain_text(task_id)
     expect(flower.locator("body")).to_contain_text("robots.allocate")
     assert flower.url.startswith(f"{stack.flower}/task/")
+    flower.close()
+
+
+def test_an_eager_sagas_steps_link_to_the_delivery_that_ran_them(
+    page: Page, stack: Stack, context: BrowserContext
+) -> None:
+    saga_id = start(stack, "eager", {})
+    assert settle(stack, saga_id) == "completed"
+    page.goto(f"{stack.api}/sagas/{saga_id}")
+    expect(page.locator(".page-head .badge")).to_contain_text("completed")
+    links = page.locator("td.task a[data-flower-task]")
+    expect(links).to_have_count(4)
+    cells = [links.nth(i) for i in range(4)]
+    first = str(cells[0].get_attribute("data-flower-task"))
+    assert first.startswith(saga_id) and first.endswith(".a.fwd.1")
+    expect(cells[0]).not_to_contain_text("eager")
+    for cell in cells[1:]:  # b, c and d ran in a's delivery: Flower knows that task
+        expect(cell).to_contain_text("eager")
+        assert cell.get_attribute("data-flower-task") == first
+    user, password = stack.flower_auth
+    deadline = time.monotonic() + 30
+    while (
+        httpx.get(f"{stack.flower}/api/task/info/{first}", auth=(user, password)).status_code != 200
+    ):
+        assert time.monotonic() < deadline, f"Flower never saw {first}"
+        time.sleep(0.2)
+    with context.expect_page() as opened:
+        cells[2].click()
+    flower = opened.value
+    expect(flower.locator("body")).to_contain_text(first)
+    expect(flower.locator("body")).to_contain_text("work.a")
     flower.close()
 
 

@@ -85,8 +85,11 @@ def test_an_eager_saga_runs_a_run_of_steps_on_one_delivery(
     assert steps_with(client, done, "step_completed") == ["a", "b", "c", "d"]
     # a's message runs them all, each recorded as its own attempt.
     assert deliveries == ["work.a"]
-    tried = client.attempts(done)
-    assert len(tried) == 4 and all(a.status == "succeeded" and a.worker for a in tried)
+    tried = {a.step: a for a in client.attempts(done)}
+    assert len(tried) == 4 and all(a.status == "succeeded" and a.worker for a in tried.values())
+    # The history says which delivery ran each: the API and the dashboard link to it.
+    assert tried["a"].carried_by is None
+    assert {tried[s].carried_by for s in "bcd"} == {tried["a"].task_id}
     rows = {s.state.name: s for s in system.queries.steps(done)}
     assert rows["b"].carrier == rows["c"].carrier == rows["d"].carrier == rows["a"].task_id
     assert rows["a"].carrier is None

@@ -247,6 +247,9 @@ class Attempt(BaseModel):
     output: Any = None
     error: str | None
     traceback: str | None
+    carried_by: str | None = None
+    """An eager saga's step: the task id of the Celery delivery that ran it, after the
+    step before, instead of a message of its own (Flower shows that task)."""
 
 
 class StepView(BaseModel):

@@ -93,7 +93,8 @@ def timeline(view: dict[str, Any], width: int = WIDE) -> Table:
             cells += [_clock(a["started_at"]), _clock(a["finished_at"])]
         cells.append(_secs(a["duration"]))
         if wide:
-            cells += [a["worker"] or "-", a["task_id"]]
+            eager = " (in its carrier's delivery)" if a.get("carried_by") else ""
+            cells += [a["worker"] or "-", a["task_id"] + eager]
         cells.append((a["error"] or "")[:80])
         table.add_row(*cells)
     return table
