@@ -226,3 +226,26 @@ def test_redis_restart_dropping_queued_messages_does_not_lose_sagas(
             f"\nrecovery after a Redis restart that dropped 5 queued messages: "
             f"{recovery:.1f}s (told by the broker's missing marker; sweep 0.3s)"
         )
+
+
+def test_a_redis_restart_does_not_send_again_a_step_that_runs_in_its_carrier(
+    client: Client, cluster: Cluster, redis_server: RedisServer
+) -> None:
+    """The broker's epoch moves: what it lost is sent again, but an eager saga's b, which
+    runs in a's delivery and was never in the broker, is held through its carrier."""
+    cluster.start("-c", "1")
+    carried = client.start("eager", {"faults": {"b": ["slow_first:3"]}}).saga_id
+    wait_for(lambda: started(client, carried, "b"), 30, "b to start")
+    queued = [client.start("linear", {}).saga_id for _ in range(3)]
+    wait_for(lambda: redis_server.queued("work") >= 3, 10, "messages to queue up")
+
+    redis_server.restart()
+
+    for saga_id in [carried, *queued]:
+        assert client.wait(saga_id, timeout=90).status == "completed", cluster.logs()
+    rows = {s.state.name: s for s in client.steps(carried)}
+    assert rows["b"].send_count == 1, rows["b"]  # not sent again
+    tried = [a for a in client.attempts(carried) if a.step == "b"]
+    assert [(a.attempt, a.status) for a in tried] == [(1, "succeeded")]
+    # What the broker did lose went out again, once each.
+    assert [client.steps(s)[0].send_count for s in queued] == [2, 2, 2]
