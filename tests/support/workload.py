@@ -72,6 +72,8 @@ eager = Saga("eager", [step("a"), step("b"), step("c"), step("d")], eager=True)
 """Each step runs in the worker that finished the one before."""
 eager_hasty = Saga("eager_hasty", [step("a"), step("h", timeout=1.0), step("d")], eager=True)
 """``h`` runs where ``a`` finished, with a one-second timeout the sweeper keeps."""
+eager_limited = Saga("eager_limited", [step("a"), step("l"), step("d")], eager=True)
+"""``l``'s task has a Celery rate limit: it gets a message of its own."""
 eager_fanout = Saga(
     "eager_fanout",
     [
@@ -120,3 +122,5 @@ def _perform(ctx: StepContext) -> dict[str, Any]:
 for _name in ("a", "b", "c", "d", "b1", "b2", "b3", "p", "r", "h", "each", "s0", "s1", "s2", "s3"):
     saga_task(f"work.{_name}")(_perform)
     saga_task(f"work.undo_{_name}")(_perform)
+saga_task("work.l", rate_limit="1000/s")(_perform)
+saga_task("work.undo_l")(_perform)

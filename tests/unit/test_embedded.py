@@ -123,6 +123,15 @@ def test_an_eager_saga_compensates_on_the_delivery_that_failed(
     assert deliveries == ["work.a"]
 
 
+def test_a_step_whose_task_has_a_rate_limit_gets_a_message_of_its_own(
+    system: System, deliveries: list[str]
+) -> None:
+    client = Client(system)
+    done = client.start("eager_limited", {}).saga_id
+    assert client.wait(done, 30).status == "completed"
+    assert deliveries == ["work.a", "work.l"]  # d runs in l's delivery
+
+
 def test_an_eager_saga_sends_parallel_branches_to_the_broker(
     system: System, deliveries: list[str]
 ) -> None:

@@ -25,7 +25,8 @@ A step runs where it is only when nothing about it needs a message of its own:
   (``SAGAKIT_TIME_LIMITS``: Celery limits each task, and the carrier's limit would count
   the carried steps' time);
 - it is not an existing task run with its own arguments (`Step.args`: the task keeps its
-  own options), tracing is off, and the worker is not shutting down;
+  own options), its task has no Celery rate or time limit of its own (Celery applies those
+  to a delivery), tracing is off, and the worker is not shutting down;
 - the run is shorter than `MAX_RUN` steps: then the next message goes to the broker, and
   the run goes on from wherever a worker takes it.
 """
@@ -67,7 +68,7 @@ def carrier_for(task: Any, engine: Any, registered: Container[str]) -> Carrier |
             return False
         if m.call is not None or m.queue != queue:
             return False
-        if m.task_name not in registered:
+        if m.task_name not in registered or _limited_task(task.app.tasks.get(m.task_name)):
             return False
         run[0] += 1
         return True
@@ -79,6 +80,13 @@ def _limited(task: Any) -> bool:
     """Whether Celery enforces a time limit on this delivery."""
     limits = getattr(task.request, "timelimit", None) or ()
     return any(limits) or bool(task.time_limit or task.soft_time_limit)
+
+
+def _limited_task(task: Any) -> bool:
+    """Whether a task has a Celery rate or time limit of its own (or is not known)."""
+    if task is None:
+        return True
+    return bool(task.time_limit or task.soft_time_limit or task.rate_limit)
 
 
 def resume(engine: Any, task_id: str) -> None:
