@@ -112,6 +112,9 @@ def _measure(db: sa.Engine, sagas: int, progress: Callable[[str], None]) -> dict
         "sweep: overdue sagas": lambda: recovery.overdue_sagas(db, now, 200),
         "sweep: silent workers": lambda: recovery.take_silent(db, now - timedelta(seconds=30)),
         "sweep: outbox depth": lambda: recovery.outbox(db, now),
+        "sweep: carried attempts": lambda: recovery.carried_by(
+            db, [f"{rng.choice(ids)}.01.a.fwd.1" for _ in range(8)]
+        ),
         "sweep: fold metrics": lambda: stats.fold(db, datetime.now(UTC)),
         "GET /metrics (collect)": lambda: generate_latest(registry),
         "dashboard: counts by status": lambda: queries.counts(),
