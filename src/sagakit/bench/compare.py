@@ -2,8 +2,10 @@
 
 One run, one process tree, the configured broker and database, the same worker settings for
 everything: a `sagakit worker` subprocess serves the ``bench`` queue, where the plain tasks
-(`sagakit.bench.raw`) and the saga steps (`sagakit.bench.noop`) both run. Each round measures,
-in turn, for each contender:
+(`sagakit.bench.raw`) and the saga steps (`sagakit.bench.noop`) both run. The saga runs twice
+over: as defined by default (each step a message of its own) and defined ``eager=True``
+(a run of steps on one message, `runtime.eager`). Each round measures, in turn, for each
+contender:
 
 - latency: one unit at a time, from the call that submits it to the end of its last piece of
   work (the last task's own timestamp; the saga's ``finished_at``), median of the runs. The

@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         ] = 200,
         steps: Annotated[int, typer.Option("--steps", "-m", min=1)] = 4,
         compare: Annotated[
-            bool, typer.Option(help="Against a raw Celery task and a Celery chain.")
+            bool, typer.Option(help="A saga and an eager one against a raw task and a chain.")
         ] = False,
         rounds: Annotated[int, typer.Option(min=1, max=20, help="Interleaved rounds.")] = 3,
         runs: Annotated[int, typer.Option(min=1, max=1000, help="Latency runs per round.")] = 20,
@@ -72,10 +72,11 @@ def register(app: typer.Typer) -> None:
         """Measure sagakit on the configured broker and database.
 
         Without a mode: --sagas sagas of --steps no-op steps at once; latency percentiles and
-        sagas/s. --compare: a saga against a raw Celery task and a Celery chain in the same
-        run, as ratios. --fan-out 5,500: CPU and bytes per branch at each width. --backlog N:
-        N sagas at once against one worker (re-sends, throughput, memory). --scale ROWS: the
-        read side, the sweeper and /metrics on a generated log of ROWS sagas.
+        sagas/s. --compare: a saga, and the same saga defined eager, against a raw Celery
+        task and a Celery chain in the same run, as ratios. --fan-out 5,500: CPU and bytes
+        per branch at each width. --backlog N: N sagas at once against one worker (re-sends,
+        throughput, memory). --scale ROWS: the read side, the sweeper and /metrics on a
+        generated log of ROWS sagas.
         """
         if steps > MAX_STEPS:
             raise InvalidInput("--steps", f"at most {MAX_STEPS}")
