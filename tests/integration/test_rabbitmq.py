@@ -122,6 +122,21 @@ def test_sagas_complete_and_compensate_on_quorum_queues(
     assert queues.get("work") == "quorum" and queues.get("sagakit") == "quorum", queues
 
 
+def test_an_eager_saga_runs_its_steps_in_one_delivery_on_rabbitmq(
+    client: Client, cluster: Cluster
+) -> None:
+    """The carrier's queue comes from AMQP's routing key, as it does from Redis's."""
+    done = client.start("eager", {}).saga_id
+    undone = client.start("eager", {"faults": {"c": ["fail"]}}).saga_id
+    assert client.wait(done, timeout=60).status == "completed", cluster.logs()
+    assert client.wait(undone, timeout=60).status == "compensated", cluster.logs()
+    tried = {a.step: a for a in client.attempts(done)}
+    assert {tried[s].carried_by for s in "bcd"} == {tried["a"].task_id}, tried
+    undos = [a for a in client.attempts(undone) if a.direction == "compensation"]
+    assert [a.step for a in undos] == ["b", "a"]
+    assert all(a.carried_by is not None for a in undos)
+
+
 def test_a_worker_killed_mid_step_does_not_lose_the_saga(
     pg_databases: Callable[[], str],
     vhost: str,
