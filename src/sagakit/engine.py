@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack, cast
 
 from .core.definition import Saga
 from .core.errors import InvalidInput, UnknownSagaType, VersionNotDeployed
@@ -57,6 +57,22 @@ def utcnow() -> datetime:
 def new_saga_id() -> str:
     """Return a fresh, URL-safe saga id."""
     return uuid.uuid4().hex[:16]
+
+
+class AttemptOutcome(TypedDict, total=False):
+    """What one attempt did (`Engine.finish`): ``output``, or ``error`` with its type,
+    traceback and whether a retry may help, or ``timed_out``; who ran it since when, and
+    the saga as the worker read it before (`snapshot`)."""
+
+    output: Any
+    error: BaseException | str | None
+    error_type: str | None
+    traceback: str | None
+    retryable: bool
+    timed_out: bool
+    worker: str | None
+    started_at: datetime | None
+    snapshot: Snapshot | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,58 +214,29 @@ class Engine:
                 )
         return self.record(saga_id, CompensationResolved(step, reason.strip(), by.strip()))
 
-    def finish(
-        self,
-        kwargs: StepKwargs,
-        task: str,
-        *,
-        output: Any = None,
-        error: BaseException | str | None = None,
-        error_type: str | None = None,
-        traceback: str | None = None,
-        retryable: bool = True,
-        timed_out: bool = False,
-        worker: str | None = None,
-        started_at: datetime | None = None,
-        snapshot: Snapshot | None = None,
-    ) -> Decision:
+    def finish(self, kwargs: StepKwargs, task: str, **outcome: Unpack[AttemptOutcome]) -> Decision:
         """Record what one attempt did and advance the saga, in one write.
 
         `snapshot` is the saga as the worker read it before running the attempt: the
         outcome is applied to it unless the saga changed since.
         """
-        return self.advance(
-            kwargs,
-            task,
-            output=output,
-            error=error,
-            error_type=error_type,
-            traceback=traceback,
-            retryable=retryable,
-            timed_out=timed_out,
-            worker=worker,
-            started_at=started_at,
-            snapshot=snapshot,
-        )[0]
+        return self.advance(kwargs, task, **outcome)[0]
 
     def advance(
         self,
         kwargs: StepKwargs,
         task: str,
         *,
-        output: Any = None,
-        error: BaseException | str | None = None,
-        error_type: str | None = None,
-        traceback: str | None = None,
-        retryable: bool = True,
-        timed_out: bool = False,
-        worker: str | None = None,
-        started_at: datetime | None = None,
-        snapshot: Snapshot | None = None,
         carrier: Carrier | None = None,
+        **outcome: Unpack[AttemptOutcome],
     ) -> tuple[Decision, OutboxMessage | None]:
         """`finish`, and with `carrier`, hand back the next step of an eager saga to run
         where it is instead of sending it: (the decision, that step's message or None)."""
+        output = outcome.get("output")
+        error = outcome.get("error")
+        error_type = outcome.get("error_type")
+        retryable = outcome.get("retryable", True)
+        timed_out = outcome.get("timed_out", False)
         text = _error_text(error)
         step, number = kwargs["step"], kwargs["attempt"]
         event: Outcome
@@ -266,8 +253,14 @@ class Engine:
         else:
             event = CompensationSucceeded(step, number)
         undo_output = output if kwargs["direction"] == "compensation" else None
-        attempt = Attempt(task, worker, started_at, traceback, undo_output)
-        return self._record(kwargs["saga_id"], event, attempt, snapshot, carrier)
+        attempt = Attempt(
+            task,
+            outcome.get("worker"),
+            outcome.get("started_at"),
+            outcome.get("traceback"),
+            undo_output,
+        )
+        return self._record(kwargs["saga_id"], event, attempt, outcome.get("snapshot"), carrier)
 
     def record(
         self,
