@@ -266,11 +266,7 @@ def _run_here(
         kwargs = m.kwargs
         with saga_context(kwargs["saga_id"], step=kwargs["step"], attempt=kwargs["attempt"]):
             state = unseal(key, m.task_id, kwargs, m.state)
-            snapshot = None
-            if state is not None:
-                snapshot = Snapshot.carried(
-                    state, kwargs["saga_id"], kwargs["step"], kwargs["direction"], kwargs["attempt"]
-                )
+            snapshot = _snapshot(state, kwargs) if state is not None else None
             if snapshot is None:
                 check = engine.log.check(
                     kwargs["saga_id"], kwargs["step"], kwargs["direction"], kwargs["attempt"]
@@ -331,6 +327,11 @@ def carried(
     if state is None:
         logger.warning("the saga state this message carries is not sealed by the saga log")
         return None
+    return _snapshot(state, message)
+
+
+def _snapshot(state: str, message: StepKwargs) -> Snapshot | None:
+    """The state a message carries, if it holds the message's attempt as outstanding."""
     return Snapshot.carried(
         state, message["saga_id"], message["step"], message["direction"], message["attempt"]
     )
