@@ -258,7 +258,10 @@ class Sweeper:
                     self._expired.add(h.task_id)
                     why = f"ran longer than its timeout of {h.soft_limit:g}s"
                     count += self._expire(h, why, worker.name)
-        carried = recovery.carried_by(self.db, running) if running else []
+        # Carried attempts are timed out from their step's definition: only a process
+        # that has an eager saga's definition reads them.
+        eager = any(saga.eager for saga in self.engine.versions.values())
+        carried = recovery.carried_by(self.db, running) if running and eager else []
         for c in carried:
             limit = self._timeout_of(c)
             started = c.held.started
