@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -20,6 +21,32 @@ from sagakit.store import make_db
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 SAGAKIT = str(Path(sys.executable).parent / "sagakit")  # the installed entry point
+
+
+def bench(env: dict[str, str], cwd: Path, *args: str, timeout: float = 300) -> dict[str, Any]:
+    """Run the installed `sagakit bench` with `args` and `--json`; its report."""
+    done = subprocess.run(
+        [SAGAKIT, "bench", *args, "--json"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def configured(pg_url: str, redis_url: str) -> dict[str, str]:
+    """The environment of a deployment on PostgreSQL with a Redis broker."""
+    return {
+        **os.environ,
+        "SAGAKIT_DATABASE_URL": pg_url,
+        "SAGAKIT_BROKER_URL": redis_url,
+        "SAGAKIT_REDIS_URL": redis_url,
+    }
 
 
 def test_the_scale_script_generates_a_log_of_todays_shape(pg_databases: Callable[[], str]) -> None:
@@ -41,23 +68,9 @@ def test_the_scale_script_generates_a_log_of_todays_shape(pg_databases: Callable
 def test_compare_runs_every_contender_and_reports_ratios(
     pg_databases: Callable[[], str], redis_url: str, tmp_path: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "SAGAKIT_DATABASE_URL": pg_databases(),
-        "SAGAKIT_BROKER_URL": redis_url,
-        "SAGAKIT_REDIS_URL": redis_url,
-    }
-    done = subprocess.run(
-        [SAGAKIT, "bench", "--compare", "--rounds", "1", "--runs", "2", "-n", "10", "--json"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    env = configured(pg_databases(), redis_url)
+    args = ("--compare", "--rounds", "1", "--runs", "2", "-n", "10")
+    result = bench(env, tmp_path, *args)
     for contender in ("raw", "chain", "saga", "eager", "chain_fail", "saga_fail", "eager_fail"):
         assert result[contender]["steps_per_second"] > 0, contender
     # An eager saga's run of steps rides on one message: fewer Redis commands per step.
@@ -79,23 +92,8 @@ def test_a_burst_on_a_configured_broker_runs_its_own_worker(
     pg_databases: Callable[[], str], redis_url: str, tmp_path: Path
 ) -> None:
     """No worker of the deployment has the bench's sagas: the bench starts one."""
-    env = {
-        **os.environ,
-        "SAGAKIT_DATABASE_URL": pg_databases(),
-        "SAGAKIT_BROKER_URL": redis_url,
-        "SAGAKIT_REDIS_URL": redis_url,
-    }
-    done = subprocess.run(
-        [SAGAKIT, "bench", "-n", "5", "-m", "2", "--json", "--timeout", "60"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=200,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    env = configured(pg_databases(), redis_url)
+    result = bench(env, tmp_path, "-n", "5", "-m", "2", "--timeout", "60", timeout=200)
     assert (result["completed"], result["broker"]) == (5, "configured"), result
 
 
@@ -108,17 +106,7 @@ def test_choreographed_runs_both_styles_in_one_run(
         "SAGAKIT_DATABASE_URL": pg_databases(),
         "SAGAKIT_REDIS_URL": redis_url,
     }
-    done = subprocess.run(
-        [SAGAKIT, "bench", "--choreographed", "-n", "5", "-m", "2", "--json"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    result = bench(env, tmp_path, "--choreographed", "-n", "5", "-m", "2")
     for style in ("orchestrated", "choreographed"):
         assert result[style]["completed"] == 5, result
         assert result[style]["p50_ms"] > 0
